@@ -1,0 +1,3 @@
+from colorcli.app import main
+
+main()

@@ -1,0 +1,202 @@
+"""The `colorize` command line. Only this package knows Typer and rich; it parses, validates,
+calls the library, shows progress and maps errors to messages and exit codes.
+
+Exit codes: 0 every input succeeded; 1 some input failed (the others were still processed);
+2 bad usage; 130 interrupted. Heavy imports (torch, av) happen inside commands so --help is instant.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import click
+import typer
+from typer.core import TyperGroup
+
+from colorcli import __version__
+from colorcli.inputs import Job, expand
+from engines.registry import ENGINES, UnknownEngineError, get_spec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class _DefaultToRun(TyperGroup):
+    """`colorize photo.jpg ...` means `colorize run photo.jpg ...`: the first word is a file
+    unless it names a subcommand (a file called like a subcommand: `colorize run eval`)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+app = typer.Typer(
+    cls=_DefaultToRun,
+    add_completion=False,
+    no_args_is_help=True,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    help="Colour black-and-white photos.\n\nUsage: colorize IN... [-o OUT] [--model NAME]  (see `colorize run --help`)",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"colorize {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+) -> None:
+    pass
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    tensorrt = "tensorrt"
+
+
+def _err(msg: str) -> None:
+    typer.echo(f"colorize: {msg}", err=True)
+
+
+@app.command("run")
+def run(
+    inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.", show_default=False)],
+    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output file (one input) or folder. Default: <stem>_color<ext> beside each input.")] = None,
+    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    backend: Annotated[BackendChoice, typer.Option(help="Where the engine runs.")] = BackendChoice.auto,
+    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into subfolders of folder inputs.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace outputs that already exist.")] = False,
+    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per input on stdout, nothing else there.")] = False,
+    quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality of outputs.")] = 95,
+    working_size: Annotated[Optional[int], typer.Option(min=16, max=4096, help="Long side at which the engine sees the photo (default: the engine's).")] = None,
+    weights: Annotated[Optional[Path], typer.Option(help="Use a checkpoint from `python -m training` instead of the shipped weights.")] = None,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")] = False,
+) -> None:
+    """Colorize photos: `colorize IN... [-o OUT] [--model NAME]`."""
+    try:
+        get_spec(model)
+    except UnknownEngineError as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+    code = _run(inputs, output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose)
+    raise typer.Exit(code)
+
+
+def _run(
+    inputs: list[str], output: str | None, model: str, backend_name: str, recursive: bool, overwrite: bool,
+    json_out: bool, quality: int, working_size: int | None, weights: Path | None, verbose: bool,
+) -> int:
+    jobs = expand(inputs, output, recursive)
+    if output is not None and len(jobs) > 1 and Path(output).is_file():
+        _err(f"-o {output} is a file, but there are {len(jobs)} inputs; give a folder")
+        return EXIT_USAGE
+
+    # Heavy imports only now that the arguments are known to be sensible.
+    from engines.checkpoint import CheckpointError
+    from engines.pipeline import load_colorizer
+    from engines.runtime import BackendUnavailable, select_backend
+
+    try:
+        backend = select_backend(backend_name)
+    except BackendUnavailable as e:
+        _err(str(e))
+        return EXIT_USAGE
+    if verbose:
+        for note in backend.notes:
+            _err(f"backend: {note}")
+    try:
+        colorizer = load_colorizer(model, backend, weights=weights, working_size=working_size)
+    except (CheckpointError, OSError) as e:
+        _err(f"cannot load model: {e}")
+        return EXIT_USAGE
+
+    failed = 0
+    with _progress(len(jobs), enabled=sys.stderr.isatty() and not json_out) as advance:
+        for job in jobs:
+            seconds = 0.0
+            if job.error is None:
+                t0 = time.perf_counter()
+                job.error = _colorize_one(colorizer, job, overwrite, quality)
+                seconds = time.perf_counter() - t0
+            failed += job.error is not None
+            if json_out:
+                record = {"input": job.input, "output": job.output if job.error is None else None,
+                          "status": "ok" if job.error is None else "error", "error": job.error, "seconds": round(seconds, 4)}
+                typer.echo(json.dumps(record))
+            elif job.error is not None:
+                _err(f"{job.input}: {job.error}")
+            elif verbose:
+                _err(f"{job.input} -> {job.output} ({seconds:.2f} s)")
+            advance()
+    if not json_out and len(jobs) > 1:
+        _err(f"{len(jobs) - failed} of {len(jobs)} colorized" + (f", {failed} failed" if failed else ""))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _colorize_one(colorizer, job: Job, overwrite: bool, quality: int) -> str | None:
+    """Colour one file; return None on success, else a one-line reason."""
+    from engines.photo_io import PhotoError, read_photo, write_photo
+
+    assert job.output is not None
+    out = Path(job.output)
+    if out.exists() and not overwrite:
+        return f"output {out} exists (use --overwrite to replace it)"
+    try:
+        photo = read_photo(Path(job.input))
+        rgb = colorizer.colorize(photo.rgb)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=quality)
+    except PhotoError as e:
+        return str(e)
+    except OSError as e:  # e.g. the output folder cannot be created
+        return f"cannot write output: {e.strerror or e}"
+    except MemoryError:
+        return "out of memory"
+    except Exception as e:  # a bug of ours: still one line, and the batch goes on
+        return f"internal error: {type(e).__name__}: {e}"
+    return None
+
+
+class _progress:
+    """A rich progress bar on a terminal; a no-op otherwise (pipes, CI, --json)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self._bar = total, enabled, None
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self._bar = Progress(TextColumn("colorizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self._bar.__enter__()
+        task = self._bar.add_task("", total=self.total)
+        return lambda: self._bar.advance(task)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)
+
+
+@app.command("models")
+def models() -> None:
+    """List the engines and their held-out figures."""
+    for spec in ENGINES.values():
+        typer.echo(f"{spec.name:<16} {spec.summary}")
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(EXIT_INTERRUPTED)

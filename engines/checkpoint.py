@@ -1,0 +1,86 @@
+"""The checkpoint format: one ``torch.save`` dict that says how to rebuild the model.
+
+Loading uses ``weights_only=True``, so a checkpoint can hold tensors and plain Python values only and
+loading one never runs code. Keys:
+
+- ``format``: ``FORMAT`` (bumped on incompatible change)
+- ``family``: engine family (``"regression"``)
+- ``arch``: ``UNetConfig.to_dict()``
+- ``color_space``: ``"lab"`` (the model predicts normalised ab from normalised L)
+- ``working_size``: the long side, in pixels, at which the engine colours a photo
+- ``state_dict``: the model's weights
+- ``trained_on``: what data and recipe produced it (provenance, free-form plain values)
+- ``metrics``: held-out figures measured when it was saved (free-form plain values)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from engines.unet import UNet, UNetConfig
+
+FORMAT = "colorize-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A file that is not a usable colorize checkpoint."""
+
+
+@dataclass
+class EngineCheckpoint:
+    family: str
+    arch: UNetConfig
+    state_dict: dict[str, torch.Tensor]
+    color_space: str = "lab"
+    working_size: int = 128
+    trained_on: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+
+    def build_model(self) -> UNet:
+        model = UNet(self.arch)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
+        return model.eval()
+
+
+def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
+    """Write atomically (temporary name, then rename). ``half`` stores float weights as fp16 to halve the file."""
+    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
+    payload = {
+        "format": FORMAT,
+        "family": ckpt.family,
+        "arch": ckpt.arch.to_dict(),
+        "color_space": ckpt.color_space,
+        "working_size": ckpt.working_size,
+        "state_dict": sd,
+        "trained_on": ckpt.trained_on,
+        "metrics": ckpt.metrics,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load(path: Path) -> EngineCheckpoint:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises many types for a bad file; all mean the same to a caller
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a {FORMAT} file")
+    return EngineCheckpoint(
+        family=payload["family"],
+        arch=UNetConfig.from_dict(payload["arch"]),
+        state_dict=payload["state_dict"],
+        color_space=payload["color_space"],
+        working_size=int(payload["working_size"]),
+        trained_on=payload.get("trained_on", {}),
+        metrics=payload.get("metrics", {}),
+    )

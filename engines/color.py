@@ -1,0 +1,145 @@
+"""Colour conversion and normalisation: the one home for colour math in the project.
+
+Conventions (the same everywhere in the project):
+- sRGB is IEC 61966-2-1 (the piecewise transfer function), values in [0, 1], D65 white.
+- CIELAB uses the D65 reference white of the CIE 1931 2-degree observer, the same as scikit-image:
+  L in [0, 100]; a and b roughly in [-110, 110] for colours inside the sRGB gamut.
+- YUV is analogue BT.601 on gamma-encoded RGB in [0, 1]: Y in [0, 1], U in [-0.436, 0.436],
+  V in [-0.615, 0.615] (scikit-image's rgb2yuv).
+- Every function works on torch tensors with channels on dim -3 (shape ``(..., 3, H, W)``), so the
+  same code serves a training batch ``(N, 3, H, W)`` and one photo ``(3, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+# D65 white point, CIE 1931 2-degree observer (scikit-image's "D65", "2").
+WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+_RGB_TO_XYZ = (
+    (0.412453, 0.357580, 0.180423),
+    (0.212671, 0.715160, 0.072169),
+    (0.019334, 0.119193, 0.950227),
+)
+
+_RGB_TO_YUV = (
+    (0.299, 0.587, 0.114),
+    (-0.14714119, -0.28886916, 0.43601035),
+    (0.61497538, -0.51496512, -0.10001026),
+)
+
+# Model-facing normalisation: L in [0, 100] -> [-1, 1]; ab in about [-110, 110] -> about [-1, 1].
+L_CENTER = 50.0
+L_SCALE = 50.0
+AB_SCALE = 110.0
+# YUV chroma scaled so that U and V span about [-1, 1] like normalised ab.
+UV_SCALE = 0.615
+
+_EPS = 216.0 / 24389.0  # CIE epsilon: (6/29)^3
+_KAPPA = 24389.0 / 27.0  # CIE kappa
+
+
+def _matrix(rows: tuple[tuple[float, ...], ...], like: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(rows, dtype=like.dtype, device=like.device)
+
+
+def _apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Multiply each pixel's 3-vector by ``m``; ``x`` is ``(..., 3, H, W)``."""
+    return torch.einsum("ij,...jhw->...ihw", m, x)
+
+
+def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded values in [0, 1] -> linear light."""
+    return torch.where(rgb <= 0.04045, rgb / 12.92, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(lin: torch.Tensor) -> torch.Tensor:
+    """Linear light -> sRGB encoding. Not clipped: callers clip once, at the very end."""
+    return torch.where(lin <= 0.0031308, lin * 12.92, 1.055 * lin.clamp(min=0.0031308) ** (1 / 2.4) - 0.055)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1], ``(..., 3, H, W)`` -> CIELAB (L in [0, 100], a, b)."""
+    xyz = _apply_matrix(_matrix(_RGB_TO_XYZ, rgb), srgb_to_linear(rgb))
+    white = torch.tensor(WHITE_D65, dtype=rgb.dtype, device=rgb.device).view(3, 1, 1)
+    t = xyz / white
+    f = torch.where(t > _EPS, t.clamp(min=_EPS) ** (1 / 3), (_KAPPA * t + 16) / 116)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack((116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)), dim=-3)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """CIELAB -> sRGB, not clipped (out-of-gamut colours fall outside [0, 1])."""
+    l, a, b = lab.unbind(-3)
+    fy = (l + 16) / 116
+    f = torch.stack((fy + a / 500, fy, fy - b / 200), dim=-3)
+    t = torch.where(f**3 > _EPS, f**3, (116 * f - 16) / _KAPPA)
+    white = torch.tensor(WHITE_D65, dtype=lab.dtype, device=lab.device).view(3, 1, 1)
+    xyz = t * white
+    lin = _apply_matrix(torch.linalg.inv(_matrix(_RGB_TO_XYZ, lab)), xyz)
+    return linear_to_srgb(lin)
+
+
+def rgb_to_lightness(rgb: torch.Tensor) -> torch.Tensor:
+    """CIELAB L of sRGB in [0, 1]: ``(..., 3, H, W)`` -> ``(..., 1, H, W)``, in [0, 100].
+
+    L depends on the luminance Y only, so this is cheaper than a full ``rgb_to_lab``.
+    """
+    lin = srgb_to_linear(rgb)
+    y = _apply_matrix(_matrix(_RGB_TO_XYZ[1:2], rgb), lin)
+    return torch.where(y > _EPS, 116 * y.clamp(min=_EPS) ** (1 / 3) - 16, _KAPPA * y)
+
+
+def lightness_to_rgb_gray(l: torch.Tensor) -> torch.Tensor:
+    """L ``(..., 1, H, W)`` -> the neutral sRGB gray of that lightness, ``(..., 3, H, W)``."""
+    return lab_to_rgb(torch.cat((l, torch.zeros_like(l), torch.zeros_like(l)), dim=-3))
+
+
+def rgb_to_yuv(rgb: torch.Tensor) -> torch.Tensor:
+    """Gamma-encoded RGB in [0, 1] -> analogue BT.601 YUV."""
+    return _apply_matrix(_matrix(_RGB_TO_YUV, rgb), rgb)
+
+
+def yuv_to_rgb(yuv: torch.Tensor) -> torch.Tensor:
+    """Analogue BT.601 YUV -> gamma-encoded RGB, not clipped."""
+    return _apply_matrix(torch.linalg.inv(_matrix(_RGB_TO_YUV, yuv)), yuv)
+
+
+def normalize_l(l: torch.Tensor) -> torch.Tensor:
+    """L in [0, 100] -> ``l_norm`` in [-1, 1] (what every model takes as input)."""
+    return (l - L_CENTER) / L_SCALE
+
+
+def normalize_ab(ab: torch.Tensor) -> torch.Tensor:
+    return ab / AB_SCALE
+
+
+def denormalize_ab(ab_norm: torch.Tensor) -> torch.Tensor:
+    return ab_norm * AB_SCALE
+
+
+def lab_to_rgb_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6) -> torch.Tensor:
+    """Combine L ``(..., 1, H, W)`` and ab ``(..., 2, H, W)`` into sRGB in [0, 1], keeping L exact.
+
+    A predicted ab can leave the sRGB gamut; clipping RGB then changes the pixel's lightness. Instead
+    the chroma of out-of-gamut pixels is shrunk toward gray (hue and L kept) by bisection on a per-pixel
+    scale factor, so the output's lightness is the input's up to rounding.
+    """
+    lo = torch.zeros_like(l)
+    hi = torch.ones_like(l)
+    rgb = lab_to_rgb(torch.cat((l, ab), dim=-3))
+    ok = _in_gamut(rgb)
+    if bool(ok.all()):
+        return rgb.clamp(0, 1)
+    lo = torch.where(ok, hi, lo)
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        inside = _in_gamut(lab_to_rgb(torch.cat((l, ab * mid), dim=-3)))
+        lo = torch.where(inside, mid, lo)
+        hi = torch.where(inside, hi, mid)
+    return lab_to_rgb(torch.cat((l, ab * lo), dim=-3)).clamp(0, 1)
+
+
+def _in_gamut(rgb: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
+    return ((rgb >= -tol) & (rgb <= 1 + tol)).all(dim=-3, keepdim=True)

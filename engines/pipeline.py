@@ -1,0 +1,67 @@
+"""The photo pipeline: full-resolution L -> working-size L -> engine -> ab -> upsampled ab -> RGB.
+
+Luminance is never touched by the model: the output's CIELAB L is the input's (up to 8/16-bit
+rounding). Only chroma is predicted, at a small working size, and upsampled: chroma is
+low-frequency, so this costs little quality and makes the engine cost independent of photo size.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from engines import checkpoint, color
+from engines.registry import get_spec
+from engines.runtime import Backend
+from engines.unet import UNet
+
+# Rows per band when converting back to RGB, so a very large photo needs bounded extra memory.
+_BAND_PIXELS = 2_000_000
+
+
+class Colorizer:
+    """A loaded engine on a device. ``colorize`` takes and returns ``rgb (H, W, 3) float32`` in [0, 1]."""
+
+    def __init__(self, model: UNet, working_size: int, device: torch.device, name: str = "custom"):
+        self.model = model.to(device).eval()
+        self.working_size = working_size
+        self.device = device
+        self.name = name
+
+    @torch.inference_mode()
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        """Full-resolution L ``(1, 1, H, W)`` in [0, 100] -> ab ``(1, 2, H, W)`` at the same size."""
+        h, w = l.shape[-2:]
+        scale = min(1.0, self.working_size / max(h, w))  # never upscale small photos
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        l_small = F.interpolate(l, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False) if scale < 1 else l
+        m = self.model.multiple
+        ph, pw = (-sh) % m, (-sw) % m
+        # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
+        l_in = F.pad(color.normalize_l(l_small), (0, pw, 0, ph), mode="replicate").to(self.device)
+        ab_small = color.denormalize_ab(self.model(l_in).float().cpu())[..., :sh, :sw]
+        if (sh, sw) == (h, w):
+            return ab_small
+        return F.interpolate(ab_small, size=(h, w), mode="bilinear", align_corners=False)
+
+    @torch.inference_mode()
+    def colorize(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb (H, W, 3) float32`` in [0, 1] (any colour is discarded) -> colourised, same shape."""
+        rgb_t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
+        l = color.rgb_to_lightness(rgb_t)[None]  # (1, 1, H, W)
+        ab = self.predict_ab(l)
+        out = torch.empty_like(rgb_t)
+        band = max(1, _BAND_PIXELS // rgb_t.shape[-1])
+        for y in range(0, rgb_t.shape[-2], band):
+            out[:, y : y + band] = color.lab_to_rgb_keep_lightness(l[0, :, y : y + band], ab[0, :, y : y + band])
+        return out.permute(1, 2, 0).numpy()
+
+
+def load_colorizer(model: str, backend: Backend, weights: Path | None = None, working_size: int | None = None) -> Colorizer:
+    """Build the named engine (or a checkpoint file given as ``weights``) on ``backend``'s device."""
+    path = weights if weights is not None else get_spec(model).weights_path()
+    ckpt = checkpoint.load(path)
+    return Colorizer(ckpt.build_model(), working_size or ckpt.working_size, backend.device, name=model)

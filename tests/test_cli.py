@@ -1,0 +1,193 @@
+"""The CLI contract: names, folders and globs, exit codes, --json, --overwrite, bad input, and
+that inputs are never modified. Runs the real shipped engine on small generated photos."""
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from colorcli.app import app
+from tests.conftest import lightness
+
+runner = CliRunner()
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def _photo(path: Path, h: int = 48, w: int = 64, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur(rng.integers(0, 256, (h, w), dtype=np.uint8), (5, 5), 0)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), img)
+    return path
+
+
+def _digest(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def test_single_file_default_output_beside_input(tmp_path):
+    src = _photo(tmp_path / "scan.png")
+    before = _digest(src)
+    r = invoke(src)
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "scan_color.png"
+    rgb_in = cv2.imread(str(src))[..., ::-1] / 255.0
+    rgb_out = cv2.imread(str(out))[..., ::-1] / 255.0
+    assert rgb_out.shape == rgb_in.shape
+    assert np.abs(lightness(rgb_out) - lightness(rgb_in)).mean() < 1.0
+    assert _digest(src) == before
+
+
+def test_explicit_output_file_and_format_from_extension(tmp_path):
+    src = _photo(tmp_path / "a.png", 31, 47)
+    r = invoke(src, "-o", tmp_path / "out.jpg", "--model", "regression", "--backend", "cpu")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out.jpg").read_bytes()[:2] == b"\xff\xd8"
+    assert cv2.imread(str(tmp_path / "out.jpg")).shape[:2] == (31, 47)
+
+
+def test_folders_globs_and_recursion_keep_names(tmp_path):
+    _photo(tmp_path / "in" / "x.png")
+    _photo(tmp_path / "in" / "sub" / "y.jpg")
+    _photo(tmp_path / "loose" / "z.bmp")
+    (tmp_path / "in" / "notes.txt").write_text("not an image")
+    r = invoke(tmp_path / "in", str(tmp_path / "loose" / "*.bmp"), "-o", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*") if p.is_file()) == ["x.png", "z.bmp"]
+    r = invoke(tmp_path / "in", "-o", tmp_path / "out2", "--recursive")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out2" / "sub" / "y.jpg").is_file() and (tmp_path / "out2" / "x.png").is_file()
+
+
+def test_rerun_on_folder_skips_its_own_outputs(tmp_path):
+    _photo(tmp_path / "d" / "x.png")
+    assert invoke(tmp_path / "d").exit_code == 0
+    r = invoke(tmp_path / "d", "--json")
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [Path(rec["input"]).name for rec in records] == ["x.png"]
+    assert records[0]["status"] == "error" and "--overwrite" in records[0]["error"]
+
+
+def test_existing_output_needs_overwrite(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    out = tmp_path / "a_color.png"
+    out.write_bytes(b"precious")
+    r = invoke(src)
+    assert r.exit_code == 1 and "--overwrite" in r.stderr
+    assert out.read_bytes() == b"precious"
+    assert invoke(src, "--overwrite").exit_code == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_output_may_not_replace_input(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    before = _digest(src)
+    r = invoke(src, "-o", src, "--overwrite")
+    assert r.exit_code == 1 and "replace the input" in r.stderr
+    assert _digest(src) == before
+
+
+def test_mixed_folder_json_and_exit_status(tmp_path):
+    d = tmp_path / "mixed"
+    _photo(d / "good1.png")
+    _photo(d / "good2.jpg", 33, 35)
+    (d / "empty.jpg").write_bytes(b"")
+    (d / "text.png").write_text("hello, I am not a picture")
+    good = _photo(tmp_path / "full.png", 64, 64)
+    (d / "truncated.png").write_bytes(good.read_bytes()[:200])
+    r = invoke(d, tmp_path / "missing.png", "--json", "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    records = [json.loads(line) for line in r.stdout.splitlines()]  # stdout holds JSON only
+    by_name = {Path(rec["input"]).name: rec for rec in records}
+    assert set(by_name) == {"good1.png", "good2.jpg", "empty.jpg", "text.png", "truncated.png", "missing.png"}
+    for rec in records:
+        assert set(rec) == {"input", "output", "status", "error", "seconds"}
+        ok = rec["input"].endswith(("good1.png", "good2.jpg"))
+        assert rec["status"] == ("ok" if ok else "error"), rec
+        assert (rec["error"] is None) == ok and (rec["output"] is not None) == ok
+        if not ok:
+            assert "\n" not in rec["error"] and "Traceback" not in rec["error"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.png", "good2.jpg"]
+
+
+def test_unusual_images_never_crash(tmp_path):
+    """16-bit, alpha, palette, 1x1 and odd sizes: processed; output keeps bit depth and alpha."""
+    d = tmp_path / "odd"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    g16 = rng.integers(0, 65536, (21, 13), dtype=np.uint16)
+    cv2.imwrite(str(d / "gray16.png"), g16)
+    bgra = np.dstack([rng.integers(0, 256, (9, 11, 3), dtype=np.uint8), np.linspace(0, 255, 99, dtype=np.uint8).reshape(9, 11)])
+    cv2.imwrite(str(d / "alpha.png"), bgra)
+    cv2.imwrite(str(d / "one.png"), np.array([[128]], np.uint8))
+    from PIL import Image
+
+    Image.fromarray(rng.integers(0, 256, (7, 5, 3), dtype=np.uint8)).convert("P").save(d / "palette.png")
+    r = invoke(d, "-o", tmp_path / "out", "--json")
+    assert r.exit_code == 0, r.stdout
+    out16 = cv2.imread(str(tmp_path / "out" / "gray16.png"), cv2.IMREAD_UNCHANGED)
+    assert out16.dtype == np.uint16 and out16.shape == (21, 13, 3)
+    l_in = lightness(np.repeat(g16[..., None], 3, 2) / 65535.0)
+    assert np.abs(lightness(out16[..., ::-1] / 65535.0) - l_in).mean() < 1.0
+    out_a = cv2.imread(str(tmp_path / "out" / "alpha.png"), cv2.IMREAD_UNCHANGED)
+    np.testing.assert_array_equal(out_a[..., 3], bgra[..., 3])
+    assert cv2.imread(str(tmp_path / "out" / "one.png")).shape == (1, 1, 3)
+
+
+def test_unwritable_output_is_a_per_file_error(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    r = invoke(src, _photo(tmp_path / "b.png"), "-o", blocker / "sub")
+    assert r.exit_code == 1
+    assert len([line for line in r.stderr.splitlines() if line.startswith("colorize:") and "a.png" in line]) == 1
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "nope"], "unknown model"),
+        (["--backend", "tensorrt"], "tensorrt"),
+        (["--backend", "warp-drive"], "warp-drive"),
+    ],
+)
+def test_bad_usage_exits_2(tmp_path, args, message):
+    r = invoke(_photo(tmp_path / "a.png"), *args)
+    assert r.exit_code == 2
+    assert message in r.output
+    assert not (tmp_path / "a_color.png").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error(tmp_path):
+    r = invoke(_photo(tmp_path / "a.png"), "--backend", "cuda")
+    assert r.exit_code == 2 and "no CUDA GPU" in r.stderr
+
+
+def test_verbose_says_which_backend(tmp_path):
+    r = invoke(_photo(tmp_path / "a.png"), "-v")
+    assert r.exit_code == 0 and "picked" in r.stderr
+
+
+def test_help_version_and_module_entry_point():
+    for args in (["--help"], ["--version"], ["run", "--help"]):
+        p = subprocess.run([sys.executable, "-m", "colorcli", *args], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+    assert "colorize" in p.stdout
+    p = subprocess.run([sys.executable, "-m", "colorcli"], capture_output=True, text=True)
+    assert p.returncode == 2  # no arguments: usage
+
+
+def test_models_lists_engines():
+    r = invoke("models")
+    assert r.exit_code == 0 and "regression" in r.stdout

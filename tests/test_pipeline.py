@@ -1,0 +1,103 @@
+"""The photo pipeline: lightness kept exactly, colour input discarded, any size, and the shipped
+engine colouring real photos better than gray."""
+
+import numpy as np
+import pytest
+import torch
+
+from engines import checkpoint
+from engines.metrics import AbErrorCurve, colourfulness
+from engines.pipeline import Colorizer, load_colorizer
+from engines.registry import ENGINES
+from engines.runtime import select_backend
+from engines.unet import UNet, UNetConfig
+from tests.conftest import lightness
+
+
+def _random_colorizer(working_size: int = 64) -> Colorizer:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(widths=(8, 16, 32, 64)))
+    # Large output weights so the random model predicts strong, often out-of-gamut chroma.
+    torch.nn.init.normal_(model.head.weight, std=2.0)
+    return Colorizer(model.eval(), working_size, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (17, 33), (200, 121)])
+def test_lightness_is_kept_at_any_size(shape, rng):
+    gray = rng.random(shape, dtype=np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    out = _random_colorizer().colorize(rgb)
+    assert out.shape == rgb.shape and out.dtype == np.float32
+    assert out.min() >= 0 and out.max() <= 1
+    dl = np.abs(lightness(out) - lightness(rgb))
+    assert dl.mean() < 0.5 and dl.max() < 3
+    # The random model does add colour: the test would pass vacuously on gray output otherwise.
+    assert np.abs(out - out.mean(axis=2, keepdims=True)).max() > 0.05
+
+
+def test_colour_input_is_treated_as_gray(rng):
+    """Only L reaches the model: a colour photo and its gray version give the same output."""
+    rgb = rng.random((40, 60, 3), dtype=np.float32)
+    c = _random_colorizer()
+    l = torch.from_numpy(lightness(rgb)).float()[None]
+    from engines.color import lightness_to_rgb_gray
+
+    gray = lightness_to_rgb_gray(l).permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(c.colorize(rgb), c.colorize(gray), atol=2e-3)
+
+
+def test_working_size_bounds_engine_input():
+    seen = []
+    c = _random_colorizer(working_size=64)
+    c.model.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    c.colorize(np.zeros((300, 500, 3), np.float32))
+    c.colorize(np.zeros((10, 20, 3), np.float32))
+    assert seen == [(48, 64), (16, 32)]  # long side 64 (padded to /16), and small photos never upscaled
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = _random_colorizer().model
+    ckpt = checkpoint.EngineCheckpoint("regression", model.config, model.state_dict(), working_size=96, trained_on={"x": 1})
+    checkpoint.save(ckpt, tmp_path / "m.pt")
+    back = checkpoint.load(tmp_path / "m.pt")
+    assert back.working_size == 96 and back.arch == model.config and back.trained_on == {"x": 1}
+    x = torch.randn(1, 1, 32, 32)
+    torch.testing.assert_close(back.build_model()(x), model(x))
+
+
+@pytest.mark.parametrize("content", [b"", b"not a checkpoint", None])
+def test_bad_checkpoint_is_a_clear_error(tmp_path, content):
+    p = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"format": "something-else"}, p)
+    else:
+        p.write_bytes(content)
+    with pytest.raises(checkpoint.CheckpointError):
+        checkpoint.load(p)
+
+
+@pytest.fixture(scope="module")
+def sample_photos():
+    """Colour photos the engines never saw in training (scikit-image's sample data)."""
+    import skimage.data
+
+    return {n: getattr(skimage.data, n)().astype(np.float32) / 255 for n in ("astronaut", "coffee", "chelsea", "rocket")}
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_shipped_engine_beats_gray_on_real_photos(name, sample_photos):
+    from engines.color import rgb_to_lab
+
+    c = load_colorizer(name, select_backend("cpu"))
+    curve, gray = AbErrorCurve(), AbErrorCurve()
+    colourful = []
+    for rgb in sample_photos.values():
+        out = c.colorize(rgb)
+        assert np.abs(lightness(out) - lightness(rgb)).mean() < 1.0
+        lab_true = rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1))
+        lab_pred = rgb_to_lab(torch.from_numpy(out).permute(2, 0, 1))
+        curve.update(lab_pred[1:], lab_true[1:])
+        gray.update(torch.zeros_like(lab_true[1:]), lab_true[1:])
+        colourful.append(float(colourfulness(torch.from_numpy(out).permute(2, 0, 1))))
+    assert curve.auc() > gray.auc()
+    assert np.mean(colourful) > 10  # visibly coloured, not a faint tint

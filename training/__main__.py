@@ -1,0 +1,49 @@
+"""``python -m training RECIPE.toml --out DIR``: train (or resume) an engine from a recipe."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from training.config import load_recipe
+from training.loop import train
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    p.add_argument("recipe", type=Path, help="TOML recipe (see training/recipes/)")
+    p.add_argument("--out", type=Path, required=True, help="run folder: state.pt, engine.pt, log.jsonl")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe key; VALUE is TOML (e.g. --set max_steps=500 --set loss='\"l1\"')")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt in --out")
+    args = p.parse_args(argv)
+
+    import tomllib
+
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides.update(tomllib.loads(f"{key} = {value}"))
+    try:
+        cfg = load_recipe(args.recipe, overrides)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    last = [0.0]
+
+    def progress(step: int, s: dict) -> None:
+        if time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            print(f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s", flush=True)
+
+    best = train(cfg, args.out, resume=not args.fresh, progress=progress)
+    print(json.dumps(best))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Training configuration: a frozen dataclass, loaded from a TOML recipe that may not hold unknown keys."""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    family: str = "regression"
+    # Data: tar shards or folders of images; each is decoded at ``source_size`` (square centre crop).
+    sources: tuple[str, ...] = ()
+    source_sizes: tuple[int, ...] = ()
+    val_fraction: float = 0.02
+    crop_size: int = 64  # training crops are this size
+    min_crop_scale: float = 0.45  # area scale jitter of crops
+    # Model
+    widths: tuple[int, ...] = (32, 64, 128, 256)
+    # Regression loss: "l1", "l2" or "huber" on normalised ab; ``huber_delta`` in normalised units.
+    loss: str = "huber"
+    huber_delta: float = 0.1
+    # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it, else the prior/uniform mix.
+    rebalance_lambda: float = 0.0
+    # Optimisation
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 300
+    max_steps: int = 20_000
+    seed: int = 0
+    threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # Bookkeeping
+    val_every: int = 500
+    val_images: int = 1024
+    checkpoint_minutes: float = 3.0
+    patience: int = 0  # early stopping: validations without improvement before stopping; 0 disables
+    working_size: int = 128  # recorded in the exported engine
+    cache_dir: str = "~/.cache/colorize/data"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def from_dict(d: dict[str, Any]) -> TrainConfig:
+    known = {f.name: f for f in fields(TrainConfig)}
+    unknown = sorted(set(d) - set(known))
+    if unknown:
+        raise ValueError(f"unknown recipe keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    cfg = replace(TrainConfig(), **values)
+    if len(cfg.sources) != len(cfg.source_sizes):
+        raise ValueError("sources and source_sizes must have the same length")
+    if cfg.loss not in ("l1", "l2", "huber"):
+        raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
+    return cfg
+
+
+def load_recipe(path: Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    with open(path, "rb") as f:
+        d = tomllib.load(f)
+    d.update(overrides or {})
+    return from_dict(d)

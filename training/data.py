@@ -1,0 +1,194 @@
+"""Training data: image sources (tar shards, folders) decoded once into a uint8 cache, a
+grayscale filter, a deterministic validation split, and batched augmentation in torch.
+
+Images are decoded with OpenCV here rather than PyAV: a training set is tens of thousands of small
+files, and opening one demuxer per file costs more than the whole decode. (Photos given to the CLI go
+through PyAV, see ``engines.photo_io``.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import tarfile
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from engines import color
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+# An image whose 95th-percentile chroma (CIELAB, sqrt(a^2 + b^2)) is below this is gray or nearly so
+# (including most sepia and toned prints): it would teach the model to output gray.
+GRAY_CHROMA_P95 = 6.0
+
+
+def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
+    # "r|*" reads the shard as a stream: no seeking, nothing unpacked to disk.
+    with tarfile.open(path, mode="r|*") as tar:
+        for member in tar:
+            if member.isfile() and member.name.lower().endswith(IMAGE_SUFFIXES):
+                f = tar.extractfile(member)
+                if f is not None:
+                    yield member.name, f.read()
+
+
+def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
+    for p in sorted(path.rglob("*")):
+        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+            yield str(p.relative_to(path)), p.read_bytes()
+
+
+def iter_source(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Yield ``(name, encoded bytes)`` for every image in a tar shard or a folder."""
+    if path.is_dir():
+        return _iter_folder(path)
+    if tarfile.is_tarfile(path):
+        return _iter_tar(path)
+    raise ValueError(f"{path}: not a folder or a tar archive")
+
+
+def decode_rgb(data: bytes, size: int) -> np.ndarray | None:
+    """Encoded image -> ``rgb_u8 (size, size, 3)``: centre crop to a square, area-resize. None if undecodable."""
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        return None
+    h, w = bgr.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    bgr = bgr[y0 : y0 + s, x0 : x0 + s]
+    if s != size:
+        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def chroma_p95(rgb_u8: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` uint8 -> the 95th percentile of CIELAB chroma per image, ``(N,)``."""
+    out = []
+    for i in range(0, len(rgb_u8), 2048):
+        x = torch.from_numpy(rgb_u8[i : i + 2048]).permute(0, 3, 1, 2).float() / 255
+        ab = color.rgb_to_lab(x)[:, 1:]
+        chroma = ab.square().sum(1).sqrt().flatten(1)
+        out.append(torch.quantile(chroma, 0.95, dim=1).numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def is_validation(name: str, fraction: float) -> bool:
+    """A stable split by the member's name: the same image is always on the same side."""
+    return zlib.crc32(name.encode()) % 10_000 < fraction * 10_000
+
+
+@dataclass
+class ImageSet:
+    """Decoded images of one source at one size; ``names`` index ``rgb_u8``."""
+
+    rgb_u8: np.ndarray  # (N, S, S, 3)
+    names: list[str]
+    dropped_gray: int
+
+
+def load_source(path: Path, size: int, cache_dir: Path) -> ImageSet:
+    """Decode a source once (gray images dropped) and cache it under ``cache_dir``."""
+    st = path.stat()
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{GRAY_CHROMA_P95}".encode()).hexdigest()[:16]
+    cache = cache_dir / f"{path.name}-{size}-{key}.npz"
+    if cache.exists():
+        z = np.load(cache, allow_pickle=False)
+        return ImageSet(z["rgb_u8"], list(z["names"]), int(z["dropped_gray"]))
+    names, images = [], []
+    for name, data in iter_source(path):
+        rgb = decode_rgb(data, size)
+        if rgb is not None:
+            names.append(name)
+            images.append(rgb)
+    rgb_u8 = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+    keep = chroma_p95(rgb_u8) >= GRAY_CHROMA_P95
+    result = ImageSet(rgb_u8[keep], [n for n, k in zip(names, keep) if k], int((~keep).sum()))
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
+    np.savez(tmp, rgb_u8=result.rgb_u8, names=np.array(result.names), dropped_gray=result.dropped_gray)
+    os.replace(tmp, cache)
+    return result
+
+
+def split(images: ImageSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    val = np.array([is_validation(n, val_fraction) for n in images.names], dtype=bool)
+    return images.rgb_u8[~val], images.rgb_u8[val]
+
+
+def random_crops(
+    rgb_u8: torch.Tensor, out_size: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True
+) -> torch.Tensor:
+    """Random scaled crops with flips, all in one ``grid_sample``: ``(N, S, S, 3) uint8 -> (N, 3, out, out)`` in [0, 1].
+
+    Each sample's crop side is ``sqrt(U(min_scale, 1))`` of the image side (area scale jitter), at a
+    random position inside the image; horizontal flips with probability 1/2.
+    """
+    n = rgb_u8.shape[0]
+    x = rgb_u8.permute(0, 3, 1, 2).float() / 255
+    side = torch.sqrt(torch.empty(n).uniform_(min_scale, 1.0, generator=gen))
+    tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - side)
+    ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - side)
+    sx = side * torch.where(torch.rand(n, generator=gen) < 0.5, -1.0, 1.0) if flip else side
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2] = sx, tx
+    theta[:, 1, 1], theta[:, 1, 2] = side, ty
+    grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
+    # Bilinear is fine for downscaling by at most 2x (the largest source here is 100 px -> 64).
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False).clamp(0, 1)
+
+
+class BatchSampler:
+    """Endless shuffled batches over several sources, each drawn in proportion to its size.
+
+    Its position (epoch and offset) and generator state are saved with checkpoints, so a resumed
+    run sees exactly the batches the uninterrupted run would have seen.
+    """
+
+    def __init__(self, sources: list[np.ndarray], batch_size: int, out_size: int, seed: int, min_scale: float):
+        self.sources = [torch.from_numpy(s) for s in sources]
+        self.sizes = [len(s) for s in sources]
+        self.batch_size = batch_size
+        self.out_size = out_size
+        self.min_scale = min_scale
+        self.gen = torch.Generator().manual_seed(seed)
+        self.epoch = 0
+        self.offset = 0
+        self._order = self._permutation()
+
+    def __len__(self) -> int:
+        return math.ceil(sum(self.sizes) / self.batch_size)
+
+    def _permutation(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(int(self.gen.initial_seed()) + self.epoch)
+        return torch.randperm(sum(self.sizes), generator=g)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "offset": self.offset, "gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.epoch, self.offset = int(state["epoch"]), int(state["offset"])
+        self.gen.set_state(state["gen"])
+        self._order = self._permutation()
+
+    def next_batch(self) -> torch.Tensor:
+        """``(B, 3, out, out)`` sRGB in [0, 1]."""
+        if self.offset >= len(self._order):
+            self.epoch, self.offset = self.epoch + 1, 0
+            self._order = self._permutation()
+        idx = self._order[self.offset : self.offset + self.batch_size]
+        self.offset += self.batch_size
+        parts, start = [], 0
+        for src, n in zip(self.sources, self.sizes):
+            mine = idx[(idx >= start) & (idx < start + n)] - start
+            if len(mine):
+                parts.append(random_crops(src[mine], self.out_size, self.gen, self.min_scale))
+            start += n
+        return torch.cat(parts)

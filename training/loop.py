@@ -1,0 +1,163 @@
+"""The training loop: read it top to bottom. Data -> task.step() -> periodic validation and
+checkpoints. Resuming restores the task, the sampler's position and generator, and the step."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engines import checkpoint, color
+from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
+from engines.unet import UNetConfig
+from training.config import TrainConfig
+from training.data import BatchSampler, load_source, split
+from training.tasks import TASKS
+
+Progress = Callable[[int, dict[str, float]], None]
+
+
+def _prior(train_sets: list[np.ndarray]) -> torch.Tensor:
+    """ab histogram of (a sample of) the training images: the prior for rebalancing."""
+    hist = torch.zeros(22 * 22, dtype=torch.float64)
+    g = np.random.default_rng(0)
+    for arr in train_sets:
+        idx = g.choice(len(arr), size=min(len(arr), 5000), replace=False)
+        x = torch.from_numpy(arr[np.sort(idx)]).permute(0, 3, 1, 2).float() / 255
+        for i in range(0, len(x), 1000):
+            hist += ab_histogram(color.rgb_to_lab(x[i : i + 1000])[:, 1:])
+    return hist
+
+
+def validate(task, val_rgb: torch.Tensor, metric_weights: torch.Tensor) -> dict[str, float]:
+    """Held-out figures for the model and, alongside, for an all-gray prediction."""
+    curve, gray = AbErrorCurve(metric_weights), AbErrorCurve(metric_weights)
+    colorful_pred, colorful_true = [], []
+    for i in range(0, len(val_rgb), 256):
+        rgb = val_rgb[i : i + 256]
+        lab = color.rgb_to_lab(rgb)
+        ab = task.predict_ab(lab[:, :1])
+        curve.update(ab, lab[:, 1:])
+        gray.update(torch.zeros_like(ab), lab[:, 1:])
+        colorful_pred.append(colourfulness(color.lab_to_rgb_keep_lightness(lab[:, :1], ab)))
+        colorful_true.append(colourfulness(rgb))
+    return {
+        "auc": curve.auc(),
+        "auc_rebal": curve.auc_rebalanced(),
+        "gray_auc": gray.auc(),
+        "gray_auc_rebal": gray.auc_rebalanced(),
+        "colourfulness": float(torch.cat(colorful_pred).mean()),
+        "colourfulness_true": float(torch.cat(colorful_true).mean()),
+    }
+
+
+def _save_state(path: Path, payload: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) -> None:
+    checkpoint.save(
+        checkpoint.EngineCheckpoint(
+            family=task.family,
+            arch=UNetConfig(widths=cfg.widths),
+            state_dict=task.model.state_dict(),
+            working_size=cfg.working_size,
+            trained_on={"recipe": cfg.to_dict(), "step": step, "images_seen": step * cfg.batch_size},
+            metrics=metrics,
+        ),
+        path,
+        half=True,
+    )
+
+
+def train(
+    cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: Progress | None = None, stop_at_step: int | None = None
+) -> dict:
+    """Train until ``cfg.max_steps`` (or early stopping). Returns the best validation figures.
+
+    ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine)
+    and ``log.jsonl`` (one line per validation). ``stop_at_step`` pauses early (state saved), as an
+    interruption would; running again with ``resume`` continues exactly where it stopped.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cache = Path(os.path.expanduser(cfg.cache_dir))
+
+    train_sets, val_sets = [], []
+    for src, size in zip(cfg.sources, cfg.source_sizes):
+        images = load_source(Path(src), size, cache)
+        tr, va = split(images, cfg.val_fraction)
+        train_sets.append(tr)
+        val_sets.append(va)
+    if not train_sets or sum(len(t) for t in train_sets) == 0:
+        raise ValueError("no training images found in the configured sources")
+    prior = _prior(train_sets)
+    metric_weights = rebalance_weights(prior, lam=0.0)
+    # Validation images: centre crops at the training crop size, a fixed subset.
+    val_u8 = np.concatenate([_centre(v, cfg.crop_size) for v in val_sets])
+    val_u8 = val_u8[np.random.default_rng(1).permutation(len(val_u8))[: cfg.val_images]]
+    val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
+
+    task = TASKS[cfg.family](cfg, prior)
+    sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
+    step, best, stale = 0, {"score": -1.0}, 0
+    state_path = out_dir / "state.pt"
+    if resume and state_path.exists():
+        state = torch.load(state_path, weights_only=True)
+        task.load_state_dict(state["task"])
+        sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        step, best, stale = state["step"], state["best"], state["stale"]
+
+    def save_state() -> None:
+        _save_state(
+            state_path,
+            {"task": task.state_dict(), "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
+             "step": step, "best": best, "stale": stale, "config": cfg.to_dict()},
+        )
+
+    last_save = time.monotonic()
+    t0, seen0 = time.monotonic(), step
+    end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
+    while step < end:
+        scalars = task.step(sampler.next_batch())
+        step += 1
+        if progress:
+            scalars["img_per_s"] = (step - seen0) * cfg.batch_size / max(1e-9, time.monotonic() - t0)
+            progress(step, scalars)
+        if step % cfg.val_every == 0 or step == cfg.max_steps:
+            figures = validate(task, val_rgb, metric_weights)
+            figures["score"] = (figures["auc"] + figures["auc_rebal"]) / 2
+            with open(out_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **figures}) + "\n")
+            if figures["score"] > best["score"]:
+                best, stale = {**figures, "step": step}, 0
+                export_engine(task, cfg, best, step, out_dir / "engine.pt")
+            else:
+                stale += 1
+            save_state()
+            last_save = time.monotonic()
+            if cfg.patience and stale >= cfg.patience:
+                break
+        elif time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+            save_state()
+            last_save = time.monotonic()
+    save_state()
+    return best
+
+
+def _centre(arr: np.ndarray, size: int) -> np.ndarray:
+    """Whole images resized to the crop size, so validation sees the same framing for every source."""
+    if arr.shape[1] == size:
+        return arr
+    return np.stack([cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA) for a in arr])

@@ -1,0 +1,83 @@
+"""Tasks plug a model family into the one training loop: each owns its networks, losses and
+optimisers, and ``step()`` returns a dict of scalars."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.nn import functional as F
+
+from engines import color
+from engines.metrics import ab_bin_index, rebalance_weights
+from engines.unet import UNet, UNetConfig
+from training.config import TrainConfig
+
+
+def lr_lambda(cfg: TrainConfig):
+    """Linear warm-up, then cosine decay to 5% at ``max_steps``."""
+
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * t))
+
+    return f
+
+
+class RegressionTask:
+    """Predict normalised ab from normalised L with an L1, L2 or Huber loss, optionally class-rebalanced."""
+
+    family = "regression"
+
+    def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
+        self.cfg = cfg
+        self.model = UNet(UNetConfig(widths=cfg.widths))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
+        self.pixel_weights = (
+            rebalance_weights(ab_prior, lam=cfg.rebalance_lambda, sigma_bins=0.5) if cfg.rebalance_lambda > 0 else None
+        )
+
+    def _loss(self, pred: torch.Tensor, target: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
+        if self.cfg.loss == "l1":
+            per_pixel = (pred - target).abs().sum(1)
+        elif self.cfg.loss == "l2":
+            per_pixel = (pred - target).square().sum(1)
+        else:
+            per_pixel = F.smooth_l1_loss(pred, target, beta=self.cfg.huber_delta, reduction="none").sum(1)
+        if self.pixel_weights is not None:
+            per_pixel = per_pixel * self.pixel_weights[ab_bin_index(ab_true)]
+        return per_pixel.mean()
+
+    def step(self, rgb: torch.Tensor) -> dict[str, float]:
+        """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1]."""
+        self.model.train()
+        lab = color.rgb_to_lab(rgb)
+        l_norm = color.normalize_l(lab[:, :1])
+        ab_true = lab[:, 1:]
+        pred = self.model(l_norm)
+        loss = self._loss(pred, color.normalize_ab(ab_true), ab_true)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
+
+    @torch.inference_mode()
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        """L ``(B, 1, H, W)`` in [0, 100] -> ab ``(B, 2, H, W)`` in CIELAB units."""
+        self.model.eval()
+        return color.denormalize_ab(self.model(color.normalize_l(l)))
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+
+
+TASKS = {"regression": RegressionTask}
