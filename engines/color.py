@@ -3,7 +3,10 @@
 Conventions (the same everywhere in the project):
 - sRGB is IEC 61966-2-1 (the piecewise transfer function), values in [0, 1], D65 white.
 - CIELAB uses the D65 reference white of the CIE 1931 2-degree observer, the same as scikit-image:
-  L in [0, 100]; a and b roughly in [-110, 110] for colours inside the sRGB gamut.
+  L in [0, 100]; a and b roughly in [-110, 110] for colours inside the sRGB gamut. Like
+  scikit-image, the RGB->XYZ matrix's rows do not sum exactly to that white, so a neutral gray has
+  |a|, |b| below 0.005 rather than exactly 0; we keep scikit-image's numbers so that our metrics agree
+  with independent implementations built on it.
 - YUV is analogue BT.601 on gamma-encoded RGB in [0, 1]: Y in [0, 1], U in [-0.436, 0.436],
   V in [-0.615, 0.615] (scikit-image's rgb2yuv).
 - Every function works on torch tensors with channels on dim -3 (shape ``(..., 3, H, W)``), so the

@@ -22,14 +22,39 @@ from engines.unet import UNet
 _BAND_PIXELS = 2_000_000
 
 
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Mean over a (2r+1)^2 window, edges handled by replication. ``x (N, C, H, W)``."""
+    return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+
+
+def guided_upsample(l_small: torch.Tensor, ab_small: torch.Tensor, l_full: torch.Tensor, r: int = 2, eps: float = 1e-3) -> torch.Tensor:
+    """Fast guided filter (He and Sun 2015): upsample ab so that its edges follow full-resolution L.
+
+    Per window at working size, ab is fitted as a linear function of L (``ab ~ a * L + b``); the
+    coefficients are upsampled bilinearly and applied to full-resolution L. Where ab does not vary
+    with L the fit is flat and this equals plain bilinear upsampling.
+    ``l_small (1, 1, h, w)``, ``ab_small (1, 2, h, w)``, ``l_full (1, 1, H, W)``, L in [0, 100].
+    """
+    i_small, i_full = l_small / 100, l_full / 100
+    mean_i, mean_p = _box(i_small, r), _box(ab_small, r)
+    cov = _box(i_small * ab_small, r) - mean_i * mean_p
+    var = _box(i_small * i_small, r) - mean_i * mean_i
+    a = cov / (var + eps)
+    b = mean_p - a * mean_i
+    size = l_full.shape[-2:]
+    a, b = (F.interpolate(_box(t, r), size=size, mode="bilinear", align_corners=False) for t in (a, b))
+    return a * i_full + b
+
+
 class Colorizer:
     """A loaded engine on a device. ``colorize`` takes and returns ``rgb (H, W, 3) float32`` in [0, 1]."""
 
-    def __init__(self, model: UNet, working_size: int, device: torch.device, name: str = "custom"):
+    def __init__(self, model: UNet, working_size: int, device: torch.device, name: str = "custom", guided: bool = True):
         self.model = model.to(device).eval()
         self.working_size = working_size
         self.device = device
         self.name = name
+        self.guided = guided
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
@@ -45,6 +70,8 @@ class Colorizer:
         ab_small = color.denormalize_ab(self.model(l_in).float().cpu())[..., :sh, :sw]
         if (sh, sw) == (h, w):
             return ab_small
+        if self.guided:
+            return guided_upsample(l_small, ab_small, l)
         return F.interpolate(ab_small, size=(h, w), mode="bilinear", align_corners=False)
 
     @torch.inference_mode()

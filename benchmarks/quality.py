@@ -1,0 +1,146 @@
+"""Held-out colour quality of engines on real photos, beside an all-gray prediction.
+
+    python -m benchmarks.quality [--photos ../shared/data/photos-dev] [--engine regression ...]
+        [--weights run/engine.pt ...] [--working-sizes 96 128 ...] [--out benchmarks/results]
+
+Each photo is reduced to its lightness, coloured by the engine through the same pipeline as the CLI
+(working-size chroma upsampled onto full-resolution L) and compared with the original:
+- AuC: area under the cumulative ab-error curve, thresholds 0..150 (Zhang et al. 2016), pooled over
+  all pixels; "rebal." weights each pixel by the inverse training-set prior of its true ab bin
+  (lambda 0). The prior comes from the recipe's training sources (needs ../shared/data).
+- colourfulness (Hasler and Suesstrunk 2003), mean over photos, beside the originals' mean;
+- mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding.
+Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import subprocess
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from engines import color
+from engines.metrics import AbErrorCurve, colourfulness, rebalance_weights
+from engines.pipeline import load_colorizer
+from engines.registry import ENGINES
+from engines.runtime import select_backend
+from training.config import load_recipe
+from training.data import load_source, split
+from training.loop import _prior
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def training_prior(recipe: Path) -> torch.Tensor:
+    cfg = load_recipe(recipe)
+    cache = Path(cfg.cache_dir).expanduser()
+    sets = [split(load_source(Path(s), n, cache), cfg.val_fraction)[0] for s, n in zip(cfg.sources, cfg.source_sizes)]
+    return _prior(sets)
+
+
+def load_photos(folder: Path, limit: int) -> dict[str, np.ndarray]:
+    paths = sorted(folder.glob("*.jpg"))[:limit]
+    return {p.stem: cv2.imread(str(p))[..., ::-1].astype(np.float32) / 255 for p in paths}
+
+
+def to_chw(rgb: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
+
+
+def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
+    curve = AbErrorCurve(weights)
+    colourful, dl, outputs = [], [], {}
+    for name, rgb in photos.items():
+        out = colorize(rgb)
+        out = np.round(out * 255) / 255  # what an 8-bit file would hold
+        lab_true = color.rgb_to_lab(to_chw(rgb).double())
+        lab_pred = color.rgb_to_lab(to_chw(out).double())
+        curve.update(lab_pred[1:], lab_true[1:])
+        colourful.append(float(colourfulness(to_chw(out))))
+        dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
+        outputs[name] = out
+    return {"auc": curve.auc(), "auc_rebal": curve.auc_rebalanced(), "colourfulness": float(np.mean(colourful)),
+            "dL": float(np.mean(dl))}, outputs
+
+
+def gray_of(rgb: np.ndarray) -> np.ndarray:
+    l = color.rgb_to_lightness(to_chw(rgb))
+    return color.lightness_to_rgb_gray(l).permute(1, 2, 0).numpy()
+
+
+def gallery(rows: list[str], columns: dict[str, dict[str, np.ndarray]], path: Path, height: int = 160) -> None:
+    tiles = []
+    for name in rows:
+        row = []
+        for col in columns.values():
+            img = col[name]
+            w = round(img.shape[1] * height / img.shape[0])
+            row.append(cv2.resize(img, (w, height), interpolation=cv2.INTER_AREA))
+            row.append(np.ones((height, 4, 3), np.float32))
+        tiles.append(np.concatenate(row[:-1], axis=1))
+    width = max(t.shape[1] for t in tiles)
+    tiles = [np.pad(t, ((0, 4), (0, width - t.shape[1]), (0, 0)), constant_values=1) for t in tiles]
+    header = np.ones((28, width, 3), np.float32)
+    x = 0
+    for label in columns:
+        cv2.putText(header, label, (x + 4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
+        x += round(tiles[0].shape[1] / len(columns))
+    img = np.concatenate([header, *tiles])
+    cv2.imwrite(str(path), np.round(img[..., ::-1] * 255).astype(np.uint8))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
+    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--engine", nargs="*", default=list(ENGINES))
+    p.add_argument("--weights", nargs="*", type=Path, default=[], help="extra checkpoints to evaluate")
+    p.add_argument("--working-sizes", nargs="*", type=int, default=[], help="default: each engine's own")
+    p.add_argument("--recipe", type=Path, default=ROOT / "training" / "recipes" / "regression.toml")
+    p.add_argument("--gallery", nargs="*", default=["100075", "118035", "12003", "134052", "15088", "353013"])
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args()
+
+    torch.set_num_threads(2)
+    photos = load_photos(args.photos, args.limit)
+    weights = rebalance_weights(training_prior(args.recipe), lam=0.0)
+    backend = select_backend("cpu")
+
+    results: dict[str, dict] = {}
+    columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in args.gallery if n in photos}}
+    results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
+    candidates = [(e, None) for e in args.engine] + [(str(w), w) for w in args.weights]
+    for label, w in candidates:
+        sizes = args.working_sizes or [None]
+        for size in sizes:
+            c = load_colorizer(label if w is None else "custom", backend, weights=w, working_size=size)
+            key = f"{label} @ {c.working_size}"
+            results[key], outs = evaluate(c.colorize, photos, weights)
+            print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
+            columns[key if len(candidates) * len(sizes) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
+    columns["original"] = {n: photos[n] for n in columns["gray input"]}
+    true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    lines = [
+        f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training), "
+        f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, commit {commit}.",
+        "",
+        "| prediction | AuC | AuC rebal. | colourfulness (originals: %.1f) | mean abs dL |" % true_colourful,
+        "|---|---:|---:|---:|---:|",
+    ]
+    for key, r in results.items():
+        lines.append(f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['colourfulness']:.1f} | {r['dL']:.2f} |")
+    (args.out / "quality.md").write_text("\n".join(lines) + "\n")
+    gallery(list(columns["gray input"]), columns, args.out / "gallery.png")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,429 @@
+"""Tests for engines.color against scikit-image (an independent implementation) and by properties.
+
+Tensors follow the module's convention: channels on dim -3, ``(..., 3, H, W)``. scikit-image puts
+channels last, so the helpers below move the axis.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from skimage import color as skcolor
+
+from engines import color as C
+
+DTYPES = [torch.float32, torch.float64]
+HYP = settings(max_examples=40, deadline=None)
+
+# Edge colours: black, white, primaries, secondaries, grays (including both sides of the sRGB
+# linear/power switch at 0.04045 and a near-black gray in the Lab linear segment).
+EDGE_RGB = np.array(
+    [
+        [0.0, 0.0, 0.0],
+        [1.0, 1.0, 1.0],
+        [1.0, 0.0, 0.0],
+        [0.0, 1.0, 0.0],
+        [0.0, 0.0, 1.0],
+        [1.0, 1.0, 0.0],
+        [0.0, 1.0, 1.0],
+        [1.0, 0.0, 1.0],
+        [0.5, 0.5, 0.5],
+        [0.18, 0.18, 0.18],
+        [0.04045, 0.04045, 0.04045],
+        [0.04, 0.04, 0.04],
+        [0.001, 0.001, 0.001],
+        [0.9, 0.1, 0.4],
+    ]
+)
+
+
+def to_hwc(t: torch.Tensor) -> np.ndarray:
+    """(..., 3, H, W) tensor -> (..., H, W, 3) float64 array."""
+    return np.moveaxis(t.detach().double().numpy(), -3, -1)
+
+
+def from_hwc(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    """(..., H, W, 3) array -> (..., 3, H, W) tensor."""
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(np.asarray(a, dtype=np.float64), -1, -3))).to(dtype)
+
+
+def edge_image(dtype: torch.dtype) -> torch.Tensor:
+    """The edge colours as a (3, 2, 7) image."""
+    return from_hwc(EDGE_RGB.reshape(2, 7, 3), dtype)
+
+
+def random_rgb(shape, dtype, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(shape, generator=g, dtype=torch.float64)
+    # Cube half of the values so that dark colours (both linear segments) are well represented.
+    x = torch.where(torch.rand(shape, generator=g, dtype=torch.float64) < 0.5, x**3, x)
+    return x.to(dtype)
+
+
+def sk_lab(rgb: torch.Tensor) -> np.ndarray:
+    return skcolor.rgb2lab(to_hwc(rgb), illuminant="D65", observer="2")
+
+
+def sk_rgb_from_lab(lab: np.ndarray) -> np.ndarray:
+    return skcolor.lab2rgb(lab, illuminant="D65", observer="2")
+
+
+# Shapes for property tests: unbatched (3, H, W) or batched (N, 3, H, W).
+image_shapes = st.one_of(
+    st.tuples(st.just(3), st.integers(1, 5), st.integers(1, 5)),
+    st.tuples(st.integers(1, 3), st.just(3), st.integers(1, 5), st.integers(1, 5)),
+)
+
+
+def unit_arrays(shape):
+    return hnp.arrays(np.float64, shape, elements=st.floats(0.0, 1.0, allow_nan=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Reference comparisons (scikit-image)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 17, 19), (2, 3, 11, 13)])
+def test_rgb_to_lab_matches_skimage_random(dtype, shape):
+    rgb = random_rgb(shape, dtype)
+    lab = C.rgb_to_lab(rgb)
+    assert lab.shape == rgb.shape and lab.dtype == dtype
+    np.testing.assert_allclose(to_hwc(lab), sk_lab(rgb), rtol=0, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_rgb_to_lab_matches_skimage_edges(dtype):
+    rgb = edge_image(dtype)
+    np.testing.assert_allclose(to_hwc(C.rgb_to_lab(rgb)), sk_lab(rgb), rtol=0, atol=1e-3)
+
+
+def test_rgb_to_lab_known_values():
+    # Hand-known anchors: black is L=0, white is L=100, sRGB red is about (53.24, 80.09, 67.20).
+    lab = C.rgb_to_lab(edge_image(torch.float64))
+    px = to_hwc(lab).reshape(-1, 3)
+    np.testing.assert_allclose(px[0], [0.0, 0.0, 0.0], atol=1e-9)
+    assert px[1][0] == pytest.approx(100.0, abs=1e-6)
+    np.testing.assert_allclose(px[2], [53.24, 80.09, 67.20], atol=0.01)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 17, 19), (2, 3, 11, 13)])
+def test_lab_to_rgb_matches_skimage_in_gamut(dtype, shape):
+    rgb = random_rgb(shape, torch.float64, seed=1)
+    lab_np = sk_lab(rgb)  # in gamut by construction
+    out = C.lab_to_rgb(from_hwc(lab_np, dtype))
+    assert out.shape == rgb.shape and out.dtype == dtype
+    # skimage clips to [0, 1]; clip ours too (values are within rounding of [0, 1]).
+    np.testing.assert_allclose(to_hwc(out.clamp(0, 1)), sk_rgb_from_lab(lab_np), rtol=0, atol=1e-4)
+    np.testing.assert_allclose(to_hwc(out), to_hwc(rgb), rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_lab_to_rgb_matches_skimage_edges(dtype):
+    lab_np = sk_lab(edge_image(torch.float64))
+    out = C.lab_to_rgb(from_hwc(lab_np, dtype))
+    np.testing.assert_allclose(to_hwc(out.clamp(0, 1)), sk_rgb_from_lab(lab_np), rtol=0, atol=1e-4)
+
+
+def test_lab_to_rgb_out_of_gamut_matches_skimage_after_clipping():
+    g = torch.Generator().manual_seed(2)
+    l = torch.rand(1, 40, 40, generator=g, dtype=torch.float64) * 100
+    ab = (torch.rand(2, 40, 40, generator=g, dtype=torch.float64) * 2 - 1) * 128
+    lab = torch.cat((l, ab), 0)
+    out = C.lab_to_rgb(lab)
+    # Not clipped: a good share of these colours fall outside [0, 1].
+    assert ((out < -0.01) | (out > 1.01)).any(0).float().mean() > 0.3
+    # skimage clips negative Z (and warns); compare only where it does not.
+    fz = (l[0] + 16) / 116 - ab[1] / 200
+    mask = (fz > 0.25).numpy()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # skimage: "negative Z values ... clipped"
+        ref = sk_rgb_from_lab(to_hwc(lab))
+    np.testing.assert_allclose(to_hwc(out.clamp(0, 1))[mask], ref[mask], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 9, 7), (4, 3, 5, 6)])
+def test_yuv_matches_skimage(dtype, shape):
+    rgb = random_rgb(shape, dtype, seed=3)
+    yuv = C.rgb_to_yuv(rgb)
+    assert yuv.shape == rgb.shape and yuv.dtype == dtype
+    np.testing.assert_allclose(to_hwc(yuv), skcolor.rgb2yuv(to_hwc(rgb)), rtol=0, atol=1e-5)
+    yuv_np = skcolor.rgb2yuv(to_hwc(rgb))
+    np.testing.assert_allclose(
+        to_hwc(C.yuv_to_rgb(from_hwc(yuv_np, dtype))), skcolor.yuv2rgb(yuv_np), rtol=0, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_yuv_edges_match_skimage_and_ranges(dtype):
+    rgb = edge_image(dtype)
+    yuv = C.rgb_to_yuv(rgb)
+    np.testing.assert_allclose(to_hwc(yuv), skcolor.rgb2yuv(to_hwc(rgb)), rtol=0, atol=1e-5)
+    y, u, v = to_hwc(yuv).reshape(-1, 3).T
+    # Documented ranges: Y in [0, 1], |U| <= 0.436, |V| <= 0.615; grays have U = V = 0.
+    assert y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    assert np.abs(u).max() <= 0.436 + 1e-4 and np.abs(v).max() <= 0.615 + 1e-4
+    assert np.abs(u).max() > 0.43 and np.abs(v).max() > 0.6  # the extremes are reached (blue, red)
+    gray = EDGE_RGB[:, 0] == EDGE_RGB[:, 1]
+    gray &= EDGE_RGB[:, 1] == EDGE_RGB[:, 2]
+    np.testing.assert_allclose(u[gray], 0, atol=1e-6)
+    np.testing.assert_allclose(v[gray], 0, atol=1e-6)
+
+
+def test_yuv_to_rgb_not_clipped():
+    yuv = torch.tensor([1.0, 0.4, 0.6], dtype=torch.float64).view(3, 1, 1)
+    out = C.yuv_to_rgb(yuv)
+    assert out.max() > 1.5
+    np.testing.assert_allclose(to_hwc(out), skcolor.yuv2rgb(to_hwc(yuv)), atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Round trips and shapes
+# --------------------------------------------------------------------------------------------
+
+
+@HYP
+@given(data=st.data(), shape=image_shapes, dtype=st.sampled_from(DTYPES))
+def test_rgb_lab_rgb_round_trip(data, shape, dtype):
+    rgb = torch.from_numpy(data.draw(unit_arrays(shape))).to(dtype)
+    back = C.lab_to_rgb(C.rgb_to_lab(rgb))
+    assert back.shape == rgb.shape and back.dtype == dtype
+    # float64: 1e-7, not tighter, because the standard sRGB thresholds are not exact inverses
+    # (0.04045 / 12.92 = 0.00313080 > 0.0031308): 0.04045 comes back as 0.04044997.
+    tol = 1e-4 if dtype == torch.float32 else 1e-7
+    torch.testing.assert_close(back, rgb, rtol=0, atol=tol)
+
+
+@HYP
+@given(data=st.data(), shape=image_shapes)
+def test_lab_rgb_lab_round_trip_out_of_gamut(data, shape):
+    # lab_to_rgb does not clip, so any Lab colour survives lab -> rgb -> lab.
+    l = data.draw(hnp.arrays(np.float64, (*shape[:-3], 1, *shape[-2:]), elements=st.floats(0, 100)))
+    ab = data.draw(hnp.arrays(np.float64, (*shape[:-3], 2, *shape[-2:]), elements=st.floats(-128, 128)))
+    lab = torch.from_numpy(np.concatenate((l, ab), axis=-3))
+    back = C.rgb_to_lab(C.lab_to_rgb(lab))
+    torch.testing.assert_close(back, lab, rtol=0, atol=1e-6)
+
+
+@HYP
+@given(data=st.data(), shape=image_shapes, dtype=st.sampled_from(DTYPES))
+def test_rgb_yuv_rgb_round_trip(data, shape, dtype):
+    rgb = torch.from_numpy(data.draw(unit_arrays(shape))).to(dtype)
+    back = C.yuv_to_rgb(C.rgb_to_yuv(rgb))
+    assert back.shape == rgb.shape and back.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(back, rgb, rtol=0, atol=tol)
+
+
+@HYP
+@given(data=st.data(), shape=image_shapes, dtype=st.sampled_from(DTYPES))
+def test_srgb_linear_round_trip(data, shape, dtype):
+    rgb = torch.from_numpy(data.draw(unit_arrays(shape))).to(dtype)
+    lin = C.srgb_to_linear(rgb)
+    assert lin.shape == rgb.shape and lin.dtype == dtype
+    assert lin.min() >= 0 and lin.max() <= 1 + 1e-6
+    tol = 1e-6 if dtype == torch.float32 else 1e-7  # 1e-7: see test_rgb_lab_rgb_round_trip
+    torch.testing.assert_close(C.linear_to_srgb(lin), rgb, rtol=0, atol=tol)
+    torch.testing.assert_close(C.srgb_to_linear(C.linear_to_srgb(rgb)), rgb, rtol=0, atol=tol)
+
+
+def test_srgb_transfer_reference_values():
+    x = torch.tensor([0.0, 0.02, 0.04045, 0.5, 1.0], dtype=torch.float64)
+    ref = np.where(x.numpy() <= 0.04045, x.numpy() / 12.92, ((x.numpy() + 0.055) / 1.055) ** 2.4)
+    np.testing.assert_allclose(C.srgb_to_linear(x).numpy(), ref, rtol=1e-12, atol=0)
+    assert C.srgb_to_linear(torch.tensor(0.5, dtype=torch.float64)).item() == pytest.approx(0.214041, abs=1e-6)
+    # Continuous and increasing across the segment switch.
+    dense = torch.linspace(0, 1, 20001, dtype=torch.float64)
+    assert (C.srgb_to_linear(dense).diff() > 0).all()
+    assert (C.linear_to_srgb(dense).diff() > 0).all()
+    # linear_to_srgb is not clipped above 1.
+    assert C.linear_to_srgb(torch.tensor(2.0, dtype=torch.float64)) > 1.0
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_batched_equals_per_image(dtype):
+    rgb = random_rgb((3, 3, 6, 5), dtype, seed=4)
+    tol = 1e-4 if dtype == torch.float32 else 1e-10  # float32 einsum sums in a different order
+    for fn in (C.rgb_to_lab, C.rgb_to_yuv, C.rgb_to_lightness, C.srgb_to_linear):
+        batched = fn(rgb)
+        for i in range(rgb.shape[0]):
+            torch.testing.assert_close(batched[i], fn(rgb[i]), rtol=0, atol=tol)
+    lab = C.rgb_to_lab(rgb)
+    for fn in (C.lab_to_rgb, C.yuv_to_rgb):
+        batched = fn(lab)
+        for i in range(rgb.shape[0]):
+            torch.testing.assert_close(batched[i], fn(lab[i]), rtol=0, atol=tol)
+    # Extra leading dims (..., 3, H, W) work too.
+    deep = rgb.view(1, 3, 3, 6, 5).expand(2, 3, 3, 6, 5)
+    torch.testing.assert_close(C.rgb_to_lab(deep)[1], lab, rtol=0, atol=tol)
+
+
+# --------------------------------------------------------------------------------------------
+# Lightness, grays, normalisation
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 8, 9), (2, 3, 4, 5)])
+def test_rgb_to_lightness_equals_lab_l(dtype, shape):
+    # Random colours plus the edge colours, as (..., 3, 1, W).
+    edges = edge_image(dtype).flatten(-2).expand(*shape[:-2], -1)
+    rgb = torch.cat((random_rgb(shape, dtype, seed=5).flatten(-2), edges), -1).unsqueeze(-2)
+    l = C.rgb_to_lightness(rgb)
+    assert l.shape == (*rgb.shape[:-3], 1, *rgb.shape[-2:]) and l.dtype == dtype
+    tol = 1e-4 if dtype == torch.float32 else 1e-10
+    torch.testing.assert_close(l, C.rgb_to_lab(rgb)[..., :1, :, :], rtol=0, atol=tol)
+    np.testing.assert_allclose(l[..., 0, :, :].double().numpy(), sk_lab(rgb)[..., 0], rtol=0, atol=1e-3)
+    assert l.min() >= 0 and l.max() <= 100 + 1e-4
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gray_has_tiny_ab_like_skimage(dtype):
+    # scikit-image's sRGB->XYZ matrix rows sum to (0.950456, 1, 1.088754), not exactly the D65 white
+    # (0.95047, 1, 1.08883), so a neutral gray gets |ab| up to about 0.005 (at white). This bound
+    # holds for skimage and must hold for us.
+    levels = torch.linspace(0, 1, 101, dtype=dtype)
+    rgb = levels.view(1, 1, -1).expand(3, 1, -1)
+    ab = C.rgb_to_lab(rgb)[1:]
+    assert ab.abs().max() < 6e-3
+    np.testing.assert_allclose(to_hwc(C.rgb_to_lab(rgb)), sk_lab(rgb), atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(1, 5, 7), (2, 1, 3, 4)])
+def test_lightness_to_rgb_gray(dtype, shape):
+    g = torch.Generator().manual_seed(7)
+    l = (torch.rand(shape, generator=g, dtype=torch.float64) * 100).to(dtype)
+    l.view(-1)[:2] = torch.tensor([0.0, 100.0], dtype=dtype)
+    rgb = C.lightness_to_rgb_gray(l)
+    assert rgb.shape == (*shape[:-3], 3, *shape[-2:]) and rgb.dtype == dtype
+    r, gg, b = rgb.unbind(-3)
+    torch.testing.assert_close(r, gg, rtol=0, atol=1e-4)
+    torch.testing.assert_close(gg, b, rtol=0, atol=1e-4)
+    assert rgb.min() >= -1e-6 and rgb.max() <= 1 + 1e-4
+    # Its lightness is the requested one.
+    torch.testing.assert_close(C.rgb_to_lightness(rgb), l, rtol=0, atol=1e-3)
+
+
+def test_lightness_to_rgb_gray_known_values():
+    l = torch.tensor([0.0, 50.0, 100.0], dtype=torch.float64).view(1, 1, 3)
+    rgb = C.lightness_to_rgb_gray(l)[:, 0].T.numpy()
+    np.testing.assert_allclose(rgb[0], 0.0, atol=1e-9)
+    np.testing.assert_allclose(rgb[2], 1.0, atol=1e-4)
+    # L = 50 is Y = ((50 + 16) / 116)^3 = 0.18419; sRGB-encoded that is 0.46636.
+    np.testing.assert_allclose(rgb[1], 0.46636, atol=1e-4)
+
+
+def test_normalize_l():
+    l = torch.tensor([0.0, 50.0, 100.0, 25.0])
+    torch.testing.assert_close(C.normalize_l(l), torch.tensor([-1.0, 0.0, 1.0, -0.5]))
+    l64 = l.double()
+    assert C.normalize_l(l64).dtype == torch.float64
+
+
+def test_normalize_denormalize_ab():
+    ab = torch.tensor([-110.0, 0.0, 55.0, 110.0], dtype=torch.float64)
+    torch.testing.assert_close(C.normalize_ab(ab), torch.tensor([-1.0, 0.0, 0.5, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(C.denormalize_ab(C.normalize_ab(ab)), ab)
+
+
+# --------------------------------------------------------------------------------------------
+# lab_to_rgb_keep_lightness
+# --------------------------------------------------------------------------------------------
+
+
+def _wide_lab(shape_l, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = shape_l[:-3]
+    l = (torch.rand(shape_l, generator=g, dtype=torch.float64) * 100).to(dtype)
+    ab = ((torch.rand((*n, 2, *shape_l[-2:]), generator=g, dtype=torch.float64) * 2 - 1) * 128).to(dtype)
+    return l, ab
+
+
+def _hue_diff(h1, h2):
+    return torch.remainder(h1 - h2 + math.pi, 2 * math.pi) - math.pi
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape_l", [(2, 1, 24, 24), (1, 30, 20)])
+def test_keep_lightness_properties(dtype, shape_l):
+    l, ab = _wide_lab(shape_l, dtype, seed=8)
+    out = C.lab_to_rgb_keep_lightness(l, ab)
+    assert out.shape == (*shape_l[:-3], 3, *shape_l[-2:]) and out.dtype == dtype
+    assert out.min() >= 0 and out.max() <= 1
+
+    raw = C.lab_to_rgb(torch.cat((l, ab), dim=-3))
+    strictly_in = ((raw >= 0) & (raw <= 1)).all(dim=-3, keepdim=True)
+    out_of = ((raw < -0.01) | (raw > 1.01)).any(dim=-3, keepdim=True)
+    assert out_of.float().mean() > 0.5  # the test really exercises the gamut mapping
+    assert strictly_in.sum() > 20
+
+    # Lightness kept: within 0.5 on average, 2 at worst.
+    lab_out = C.rgb_to_lab(out)
+    dl = (lab_out[..., :1, :, :] - l).abs()
+    assert dl.mean() < 0.5
+    assert dl.max() < 2.0
+    # The docstring promises more: L is kept "up to rounding" (here: the final clip of RGB values
+    # that the gamut test lets exceed [0, 1] by a hair).
+    assert dl.mean() < 0.02
+    assert dl.max() < 0.3
+
+    # In-gamut pixels unchanged.
+    diff = (out - raw).abs().amax(dim=-3, keepdim=True)
+    assert diff[strictly_in].max() < 1e-5
+
+    # Out-of-gamut pixels: chroma reduced, and hue kept where chroma remains > 5.
+    c_in = ab.norm(dim=-3, keepdim=True)
+    c_out = lab_out[..., 1:, :, :].norm(dim=-3, keepdim=True)
+    assert (c_out[out_of] < c_in[out_of]).all()
+    keep = out_of & (c_out > 5)
+    assert keep.sum() > 100
+    h_in = torch.atan2(ab[..., 1:, :, :], ab[..., :1, :, :])
+    h_out = torch.atan2(lab_out[..., 2:, :, :], lab_out[..., 1:2, :, :])
+    dh = _hue_diff(h_out, h_in)[keep].abs()
+    assert dh.max() < 0.05
+    assert dh.mean() < 5e-3
+
+
+def test_keep_lightness_is_nearly_maximal():
+    # Chroma is shrunk only as much as needed: a bit more chroma on the same ray leaves the gamut.
+    l, ab = _wide_lab((1, 32, 32), torch.float64, seed=9)
+    out = C.lab_to_rgb_keep_lightness(l, ab)
+    raw = C.lab_to_rgb(torch.cat((l, ab), 0))
+    out_of = ((raw < -0.01) | (raw > 1.01)).any(0, keepdim=True)
+    ratio = C.rgb_to_lab(out)[1:].norm(dim=0, keepdim=True) / ab.norm(dim=0, keepdim=True)
+    bigger = C.lab_to_rgb(torch.cat((l, ab * (ratio + 0.05).clamp(max=1)), 0))
+    leaves = ((bigger < -1e-3) | (bigger > 1 + 1e-3)).any(0, keepdim=True)
+    assert leaves[out_of].float().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_keep_lightness_in_gamut_only_equals_lab_to_rgb(dtype):
+    rgb = random_rgb((2, 3, 10, 10), torch.float64, seed=10).clamp(0.02, 0.98)
+    lab = C.rgb_to_lab(rgb).to(dtype)
+    out = C.lab_to_rgb_keep_lightness(lab[:, :1], lab[:, 1:])
+    torch.testing.assert_close(out, C.lab_to_rgb(lab), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out, rgb.to(dtype), rtol=0, atol=1e-4)
+
+
+def test_keep_lightness_batched_equals_per_image():
+    l, ab = _wide_lab((3, 1, 8, 8), torch.float64, seed=11)
+    batched = C.lab_to_rgb_keep_lightness(l, ab)
+    for i in range(3):
+        torch.testing.assert_close(batched[i], C.lab_to_rgb_keep_lightness(l[i], ab[i]), rtol=0, atol=1e-12)
+
+
+def test_keep_lightness_zero_ab_is_gray():
+    l = torch.linspace(0, 100, 11, dtype=torch.float64).view(1, 1, 11)
+    out = C.lab_to_rgb_keep_lightness(l, torch.zeros(2, 1, 11, dtype=torch.float64))
+    torch.testing.assert_close(out, C.lightness_to_rgb_gray(l).clamp(0, 1), rtol=0, atol=1e-9)

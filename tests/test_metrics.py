@@ -1,0 +1,464 @@
+"""Tests for engines.metrics: known answers and brute-force numpy reference implementations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import ndimage
+from skimage import color as skcolor
+from skimage import data as skdata
+
+from engines import metrics as M
+
+NBINS = 22 * 22
+THRESHOLDS = np.arange(151)  # t = 0..150
+
+
+# --------------------------------------------------------------------------------------------
+# Independent reference implementations (numpy, straightforward)
+# --------------------------------------------------------------------------------------------
+
+
+def ref_bin_index(ab: np.ndarray) -> np.ndarray:
+    """ab with channels on axis -3 -> flat index of the 10-unit bin over [-110, 110), clamped."""
+    ia = np.clip(np.floor((ab[..., 0, :, :] + 110.0) / 10.0), 0, 21).astype(np.int64)
+    ib = np.clip(np.floor((ab[..., 1, :, :] + 110.0) / 10.0), 0, 21).astype(np.int64)
+    return ia * 22 + ib
+
+
+def ref_errors(pairs) -> np.ndarray:
+    return np.concatenate([np.sqrt(((p - t) ** 2).sum(axis=-3)).ravel() for p, t in pairs])
+
+
+def ref_auc(err: np.ndarray, w: np.ndarray | None = None) -> float:
+    """Brute force: for each threshold t, the (weighted) fraction of pixels with error <= t."""
+    if w is None:
+        w = np.ones_like(err)
+    fractions = []
+    for t in THRESHOLDS:
+        fractions.append(w[err <= t].sum() / w.sum())
+    return 100.0 * float(np.mean(fractions))
+
+
+def ref_inverse_prior_weights(counts: np.ndarray) -> np.ndarray:
+    """lam = 0 weights: 1 / p on seen bins, 0 elsewhere, scaled so that sum(p * w) = 1."""
+    p = counts / counts.sum()
+    w = np.zeros_like(p)
+    w[p > 0] = 1.0 / p[p > 0]
+    return w / (p * w).sum()
+
+
+def ref_colourfulness(rgb01: np.ndarray) -> float:
+    """Hasler and Suesstrunk 2003 on one (H, W, 3) image in [0, 1], computed on the 0..255 scale."""
+    r, g, b = [rgb01[..., i].astype(np.float64) * 255 for i in range(3)]
+    rg = r - g
+    yb = 0.5 * (r + g) - b
+    sigma = np.sqrt(np.std(rg) ** 2 + np.std(yb) ** 2)
+    mu = np.sqrt(np.mean(rg) ** 2 + np.mean(yb) ** 2)
+    return float(sigma + 0.3 * mu)
+
+
+def known_ab_images() -> list[np.ndarray]:
+    """ab (2, H, W) of three bundled scikit-image photos at different sizes."""
+    imgs = [
+        skdata.astronaut()[::16, ::16],  # 32 x 32
+        skdata.chelsea()[::10, ::12],  # 30 x 38
+        skdata.coffee()[::13, ::9],  # 31 x 67
+    ]
+    out = []
+    for im in imgs:
+        lab = skcolor.rgb2lab(im)  # uint8 -> float in [0, 1] -> Lab (D65, 2 degrees)
+        out.append(np.ascontiguousarray(np.moveaxis(lab[..., 1:], -1, 0)))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ab_images():
+    return known_ab_images()
+
+
+# --------------------------------------------------------------------------------------------
+# AbErrorCurve: known answers
+# --------------------------------------------------------------------------------------------
+
+
+def _random_ab(shape, seed, lo=-100.0, hi=100.0, integer=False):
+    rng = np.random.default_rng(seed)
+    if integer:
+        return rng.integers(int(lo), int(hi) + 1, size=shape).astype(np.float64)
+    return rng.uniform(lo, hi, size=shape)
+
+
+def test_perfect_prediction_is_100(ab_images):
+    counts = np.bincount(np.concatenate([ref_bin_index(a).ravel() for a in ab_images]), minlength=NBINS)
+    curve = M.AbErrorCurve(M.rebalance_weights(torch.from_numpy(counts.astype(np.float64)), lam=0.0))
+    for a in ab_images:
+        t = torch.from_numpy(a)
+        curve.update(t.clone(), t)
+    assert curve.auc() == pytest.approx(100.0, abs=1e-9)
+    assert curve.auc_rebalanced() == pytest.approx(100.0, abs=1e-9)
+
+
+def _offset(d: float, direction: int) -> np.ndarray:
+    """An ab offset of L2 length exactly d (every component exactly representable)."""
+    if direction == 4:  # 3-4-5 triangle; only used for d divisible by 5
+        return np.array([3 * d / 5, -4 * d / 5])
+    return [np.array([d, 0.0]), np.array([0.0, d]), np.array([-d, 0.0]), np.array([0.0, -d])][direction]
+
+
+@settings(max_examples=60, deadline=None)
+@given(d=st.integers(0, 150), direction=st.integers(0, 4), batched=st.booleans())
+def test_constant_integer_error(d, direction, batched):
+    if direction == 4 and d % 5:
+        direction = 0
+    # Integer-valued truth so that pred - truth is exact and the error is exactly d.
+    ab_true = _random_ab((2, 2, 7, 5) if batched else (2, 9, 4), seed=d, integer=True)
+    off = _offset(float(d), direction).reshape(2, 1, 1)
+    ab_pred = ab_true + off
+    assert np.allclose(np.sqrt(((ab_pred - ab_true) ** 2).sum(-3)), d, atol=0, rtol=0)
+    counts = np.ones(NBINS)
+    counts[::3] = 7.0  # non-uniform weights: must not matter when every pixel has the same error
+    curve = M.AbErrorCurve(M.rebalance_weights(torch.from_numpy(counts), lam=0.0))
+    curve.update(torch.from_numpy(ab_pred), torch.from_numpy(ab_true))
+    # By the definition: error d is within threshold t for t = d..150, i.e. 151 - d of 151 thresholds.
+    expected = 100.0 * sum(1 for t in range(151) if d <= t) / 151
+    assert expected == pytest.approx(100.0 * (151 - d) / 151)
+    assert curve.auc() == pytest.approx(expected, abs=1e-9)
+    assert curve.auc_rebalanced() == pytest.approx(expected, abs=1e-9)
+
+
+@pytest.mark.parametrize("d", [0.5, 2.5, 99.5, 149.5])
+def test_constant_half_integer_error(d):
+    # An error e is within t iff e <= t, so e = k + 0.5 first counts at t = k + 1.
+    ab_true = _random_ab((2, 6, 6), seed=1, integer=True)
+    curve = M.AbErrorCurve()
+    curve.update(torch.from_numpy(ab_true + _offset(d, 1).reshape(2, 1, 1)), torch.from_numpy(ab_true))
+    assert curve.auc() == pytest.approx(100.0 * (151 - math.ceil(d)) / 151, abs=1e-9)
+
+
+@pytest.mark.parametrize("d", [150.5, 151.0, 200.0, 1e6])
+def test_error_above_150_everywhere_is_zero(d):
+    ab_true = _random_ab((3, 2, 4, 4), seed=2, integer=True)
+    curve = M.AbErrorCurve(M.rebalance_weights(torch.ones(NBINS), lam=0.0))
+    curve.update(torch.from_numpy(ab_true + _offset(d, 2).reshape(2, 1, 1)), torch.from_numpy(ab_true))
+    assert curve.auc() == pytest.approx(0.0, abs=1e-12)
+    assert curve.auc_rebalanced() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_error_exactly_150_counts_once():
+    ab_true = _random_ab((2, 3, 3), seed=3, integer=True)
+    curve = M.AbErrorCurve()
+    curve.update(torch.from_numpy(ab_true + _offset(150.0, 4).reshape(2, 1, 1)), torch.from_numpy(ab_true))
+    assert curve.auc() == pytest.approx(100.0 / 151, abs=1e-9)
+
+
+def test_mixed_known_errors():
+    # Half the pixels exact, half off by 10: (151 + 141) / 2 / 151 * 100.
+    ab_true = np.zeros((2, 2, 4))
+    ab_pred = ab_true.copy()
+    ab_pred[0, 1] = 10.0
+    curve = M.AbErrorCurve()
+    curve.update(torch.from_numpy(ab_pred), torch.from_numpy(ab_true))
+    assert curve.auc() == pytest.approx(100.0 * (151 + 141) / 2 / 151, abs=1e-9)
+
+
+def test_gray_prediction_matches_brute_force(ab_images):
+    curve = M.AbErrorCurve()
+    pairs = []
+    for i, a in enumerate(ab_images):
+        pred = np.zeros_like(a)
+        pairs.append((pred, a))
+        if i == 1:  # mix batched (1, 2, H, W) and unbatched (2, H, W) updates
+            curve.update(torch.from_numpy(pred[None]), torch.from_numpy(a[None]))
+        else:
+            curve.update(torch.from_numpy(pred), torch.from_numpy(a))
+    expected = ref_auc(ref_errors(pairs))
+    assert 50.0 < expected < 100.0  # sanity: real photos are neither gray nor wildly saturated
+    assert curve.auc() == pytest.approx(expected, abs=1e-9)
+    # Pooled over pixels, not averaged per image: differs from the mean of per-image AuCs.
+    per_image = np.mean([ref_auc(ref_errors([p])) for p in pairs])
+    assert abs(per_image - expected) > 1e-3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_random_prediction_matches_brute_force(dtype):
+    pairs = []
+    curve = M.AbErrorCurve()
+    for k, shape in enumerate([(2, 2, 9, 11), (2, 13, 5), (3, 2, 4, 4)]):
+        a = _random_ab(shape, seed=10 + k, lo=-110, hi=110).astype(np.float64)
+        p = a + _random_ab(shape, seed=20 + k, lo=-80, hi=80)
+        ta, tp = torch.from_numpy(a).to(dtype), torch.from_numpy(p).to(dtype)
+        pairs.append((tp.double().numpy(), ta.double().numpy()))
+        curve.update(tp, ta)
+    expected = ref_auc(ref_errors(pairs))
+    assert curve.auc() == pytest.approx(expected, abs=1e-9)
+
+
+def test_empty_curve_is_nan():
+    curve = M.AbErrorCurve()
+    assert math.isnan(curve.auc())
+    assert math.isnan(curve.auc_rebalanced())
+
+
+# --------------------------------------------------------------------------------------------
+# AbErrorCurve: rebalanced
+# --------------------------------------------------------------------------------------------
+
+
+def test_rebalanced_matches_weighted_brute_force(ab_images):
+    # Prior from the first two photos plus random ab; evaluate on all three (some true bins unseen in
+    # the prior get weight 0) with a noisy prediction.
+    rng = np.random.default_rng(5)
+    extra = rng.uniform(-60, 60, size=(2, 20, 20))
+    prior_ab = [ab_images[0], ab_images[1], extra]
+    counts = np.bincount(np.concatenate([ref_bin_index(a).ravel() for a in prior_ab]), minlength=NBINS)
+    w_bin = ref_inverse_prior_weights(counts.astype(np.float64))
+
+    weights = M.rebalance_weights(torch.from_numpy(counts).double(), lam=0.0)
+    np.testing.assert_allclose(weights.double().numpy(), w_bin, rtol=1e-6, atol=0)
+
+    curve = M.AbErrorCurve(weights)
+    pairs, pix_w = [], []
+    for k, a in enumerate(ab_images):
+        pred = 0.5 * a + rng.normal(0, 15, size=a.shape)
+        pairs.append((pred, a))
+        pix_w.append(w_bin[ref_bin_index(a)].ravel())
+        curve.update(torch.from_numpy(pred), torch.from_numpy(a))
+    err = ref_errors(pairs)
+    w = np.concatenate(pix_w)
+    assert (w == 0).any() and (w > 0).any()
+    expected = ref_auc(err, w)
+    assert curve.auc_rebalanced() == pytest.approx(expected, abs=1e-4)
+    assert curve.auc() == pytest.approx(ref_auc(err), abs=1e-9)
+    assert abs(curve.auc_rebalanced() - curve.auc()) > 0.5  # the weighting really matters here
+
+
+def test_rebalanced_with_uniform_prior_over_occupied_bins_equals_plain(ab_images):
+    occupied = np.zeros(NBINS)
+    for a in ab_images:
+        occupied[np.unique(ref_bin_index(a))] = 1.0
+    assert 5 < occupied.sum() < NBINS
+    curve = M.AbErrorCurve(M.rebalance_weights(torch.from_numpy(occupied), lam=0.0))
+    rng = np.random.default_rng(6)
+    for a in ab_images:
+        curve.update(torch.from_numpy(a + rng.normal(0, 20, size=a.shape)), torch.from_numpy(a))
+    assert 5 < curve.auc() < 95
+    assert curve.auc_rebalanced() == pytest.approx(curve.auc(), abs=1e-5)
+
+
+# --------------------------------------------------------------------------------------------
+# rebalance_weights
+# --------------------------------------------------------------------------------------------
+
+
+def _random_prior(seed: int, zero_frac: float = 0.4) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(1, 1000, size=NBINS).astype(np.float64)
+    counts[rng.random(NBINS) < zero_frac] = 0.0
+    return counts
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rebalance_expectation_is_one(lam, seed):
+    counts = _random_prior(seed)
+    w = M.rebalance_weights(torch.from_numpy(counts), lam=lam).double().numpy()
+    p = counts / counts.sum()
+    assert w.shape == (NBINS,)
+    assert np.all(w >= 0) and np.all(np.isfinite(w))
+    assert (p * w).sum() == pytest.approx(1.0, abs=1e-5)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_rebalance_scale_invariant(lam):
+    counts = _random_prior(3)
+    w1 = M.rebalance_weights(torch.from_numpy(counts), lam=lam)
+    w2 = M.rebalance_weights(torch.from_numpy(counts * 123.0), lam=lam)
+    torch.testing.assert_close(w1, w2, rtol=1e-6, atol=0)
+
+
+def test_rebalance_lam_one_is_uniform_on_seen_bins():
+    counts = _random_prior(4)
+    w = M.rebalance_weights(torch.from_numpy(counts), lam=1.0).double().numpy()
+    seen = counts > 0
+    np.testing.assert_allclose(w[seen], 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.1, 0.5, 0.9])
+def test_rebalance_monotone_and_formula(lam):
+    counts = _random_prior(5)
+    w = M.rebalance_weights(torch.from_numpy(counts), lam=lam).double().numpy()
+    seen = counts > 0
+    p = counts[seen] / counts.sum()
+    ws = w[seen]
+    # Rarer bin -> larger weight (strictly, for distinct probabilities).
+    order = np.argsort(p, kind="stable")
+    ps, wsorted = p[order], ws[order]
+    distinct = np.diff(ps) > 0
+    assert distinct.sum() > 50
+    assert np.all(np.diff(wsorted)[distinct] < 0)
+    assert np.all(np.diff(wsorted)[~distinct] == 0)
+    # Against the formula, independently normalised.
+    q = seen.sum()
+    ref = 1.0 / ((1 - lam) * p + lam / q)
+    ref /= (p * ref).sum()
+    np.testing.assert_allclose(ws, ref, rtol=1e-5)
+
+
+def test_rebalance_lam_zero_unseen_bins_get_zero():
+    counts = _random_prior(6)
+    w = M.rebalance_weights(torch.from_numpy(counts), lam=0.0).double().numpy()
+    assert np.all(w[counts == 0] == 0)
+    assert np.all(w[counts > 0] > 0)
+    np.testing.assert_allclose(w, ref_inverse_prior_weights(counts), rtol=1e-6)
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.5])
+def test_rebalance_smoothing_keeps_normalisation(lam):
+    # A peaked prior over a small region of the grid, smoothed with sigma = 0.5 bins.
+    counts = np.zeros((22, 22))
+    rng = np.random.default_rng(7)
+    counts[8:14, 9:13] = rng.integers(1, 500, size=(6, 4))
+    counts[10, 10] = 5000
+    counts[0, 5] = counts[21, 21] = counts[14, 0] = 300  # on the border: smoothing leaks mass there
+    counts = counts.ravel()
+    w = M.rebalance_weights(torch.from_numpy(counts), lam=lam, sigma_bins=0.5).double().numpy()
+    # Independent smoothing: scipy's Gaussian filter, zero padding, renormalised.
+    ps = ndimage.gaussian_filter(counts.reshape(22, 22) / counts.sum(), sigma=0.5, mode="constant").ravel()
+    ps /= ps.sum()
+    assert np.all(np.isfinite(w)) and np.all(w >= 0)
+    assert (ps * w).sum() == pytest.approx(1.0, abs=1e-5)
+    # Smoothing spreads support: bins next to the occupied block get weight even though unseen.
+    assert w[7 * 22 + 10] > 0 and counts[7 * 22 + 10] == 0
+    # Formula check against the independently smoothed prior.
+    seen = ps > 0
+    ref = np.zeros(NBINS)
+    ref[seen] = 1.0 / ((1 - lam) * ps[seen] + lam / seen.sum())
+    ref /= (ps * ref).sum()
+    big = ref > 1e-3 * ref.max()  # far tails depend on the kernel truncation; skip them
+    np.testing.assert_allclose(w[big], ref[big], rtol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# ab_bin_index / ab_histogram
+# --------------------------------------------------------------------------------------------
+
+
+def _ab(a: float, b: float) -> torch.Tensor:
+    return torch.tensor([a, b], dtype=torch.float64).view(2, 1, 1)
+
+
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        (-110.0, -110.0, 0),
+        (109.9, 109.9, 21 * 22 + 21),
+        (-110.0, 109.9, 21),
+        (109.9, -110.0, 21 * 22),
+        (500.0, 500.0, 21 * 22 + 21),
+        (-500.0, -500.0, 0),
+        (500.0, -500.0, 21 * 22),
+        (-500.0, 500.0, 21),
+        (110.0, 0.0, 21 * 22 + 11),
+        (-110.0001, 0.0, 11),
+        (0.0, 0.0, 11 * 22 + 11),
+        (-0.001, -0.001, 10 * 22 + 10),
+        (-100.0, -100.0001, 1 * 22 + 0),
+        (5.0, -5.0, 11 * 22 + 10),
+    ],
+)
+def test_ab_bin_index_known(a, b, expected):
+    idx = M.ab_bin_index(_ab(a, b))
+    assert idx.shape == (1, 1)
+    assert idx.dtype == torch.int64
+    assert int(idx) == expected
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9), (3, 2, 5, 4), (2, 2, 2, 3, 3)])
+def test_ab_bin_index_matches_reference(shape):
+    ab = _random_ab(shape, seed=8, lo=-150, hi=150)
+    idx = M.ab_bin_index(torch.from_numpy(ab))
+    assert idx.shape == shape[:-3] + shape[-2:]
+    np.testing.assert_array_equal(idx.numpy(), ref_bin_index(ab))
+    assert idx.min() >= 0 and idx.max() < NBINS
+
+
+@pytest.mark.parametrize("shape", [(2, 7, 9), (3, 2, 5, 4)])
+def test_ab_histogram(shape):
+    ab = _random_ab(shape, seed=9, lo=-130, hi=130)
+    h = M.ab_histogram(torch.from_numpy(ab).float())
+    n_pix = int(np.prod(shape)) // 2
+    assert h.shape == (NBINS,) and h.dtype == torch.float64
+    assert float(h.sum()) == n_pix
+    np.testing.assert_array_equal(h.numpy(), np.bincount(ref_bin_index(ab).ravel(), minlength=NBINS))
+
+
+# --------------------------------------------------------------------------------------------
+# colourfulness
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_colourfulness_gray_is_zero(dtype):
+    rng = np.random.default_rng(10)
+    g = torch.from_numpy(rng.random((2, 1, 8, 9))).to(dtype)
+    out = M.colourfulness(g.expand(2, 3, 8, 9))
+    assert out.shape == (2,)
+    torch.testing.assert_close(out, torch.zeros(2, dtype=dtype), rtol=0, atol=1e-4)
+    const = torch.full((3, 5, 5), 0.37, dtype=dtype)
+    assert float(M.colourfulness(const)) == pytest.approx(0.0, abs=1e-4)
+
+
+def test_colourfulness_pure_colours_known_values():
+    def solid(r, g, b):
+        return torch.tensor([r, g, b], dtype=torch.float64).view(3, 1, 1).expand(3, 4, 6)
+
+    # Red: rg = 255, yb = 127.5, no spread -> 0.3 * sqrt(255^2 + 127.5^2) = 85.5296...
+    red = 0.3 * math.sqrt(255**2 + 127.5**2)
+    assert red == pytest.approx(85.5296, abs=1e-4)
+    assert float(M.colourfulness(solid(1, 0, 0))) == pytest.approx(red, rel=1e-9)
+    # Green: rg = -255, yb = 127.5 -> same value. Blue: rg = 0, yb = -255 -> 0.3 * 255 = 76.5.
+    assert float(M.colourfulness(solid(0, 1, 0))) == pytest.approx(red, rel=1e-9)
+    assert float(M.colourfulness(solid(0, 0, 1))) == pytest.approx(76.5, rel=1e-9)
+
+
+def test_colourfulness_checkerboard_known_value():
+    # Half pure red, half pure blue. rg: 255 or 0 -> mean 127.5, std 127.5.
+    # yb: 127.5 or -255 -> mean -63.75, std 191.25.
+    # M = sqrt(127.5^2 + 191.25^2) + 0.3 * sqrt(127.5^2 + 63.75^2) = 229.8540 + 42.7647 = 272.6187
+    img = torch.zeros(3, 4, 4, dtype=torch.float64)
+    mask = (torch.arange(4).view(4, 1) + torch.arange(4).view(1, 4)) % 2 == 0
+    img[0][mask] = 1.0
+    img[2][~mask] = 1.0
+    expected = math.sqrt(127.5**2 + 191.25**2) + 0.3 * math.sqrt(127.5**2 + 63.75**2)
+    assert expected == pytest.approx(272.6187, abs=1e-3)
+    assert float(M.colourfulness(img)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_colourfulness_matches_reference_random(dtype):
+    rng = np.random.default_rng(11)
+    imgs = rng.random((4, 10, 13, 3)) ** np.array([1.0, 2.0, 0.5])  # unequal channel stats
+    batch = torch.from_numpy(np.ascontiguousarray(np.moveaxis(imgs, -1, -3))).to(dtype)
+    out = M.colourfulness(batch)
+    assert out.shape == (4,) and out.dtype == dtype
+    ref = np.array([ref_colourfulness(im) for im in imgs])
+    np.testing.assert_allclose(out.double().numpy(), ref, rtol=1e-4)
+    # Unbatched (3, H, W) -> scalar.
+    single = M.colourfulness(batch[2])
+    assert single.shape == ()
+    assert float(single) == pytest.approx(ref[2], rel=1e-4)
+
+
+def test_colourfulness_real_photo():
+    im = skdata.astronaut()[::8, ::8] / 255.0
+    t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(im, -1, 0)))
+    assert float(M.colourfulness(t)) == pytest.approx(ref_colourfulness(im), rel=1e-9)
+    # A colour photo is more colourful than its own gray version.
+    gray = t.mean(0, keepdim=True).expand(3, -1, -1)
+    assert float(M.colourfulness(t)) > 10 * max(float(M.colourfulness(gray)), 1e-3)
