@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from engines.export import INPUT_NAME, export_onnx
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
 from engines.runtime import select_backend
@@ -45,6 +46,19 @@ def median_seconds(fn, repeat: int = 10, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def onnx_session(model: torch.nn.Module, folder: Path):
+    import onnxruntime as ort
+
+    path = folder / "speed-engine.onnx"
+    folder.mkdir(parents=True, exist_ok=True)
+    export_onnx(model, path)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    path.unlink()
+    return session
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
@@ -54,20 +68,22 @@ def main() -> None:
     lines = [
         f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "",
-        "| engine | size | GFLOPs / image | vs ECCV16 at that size | images/s (batch %d) | photo 481x321 end to end (ms) |" % args.batch,
-        "|---|---:|---:|---:|---:|---:|",
+        "| engine | size | GFLOPs / image | vs ECCV16 at that size | PyTorch images/s (batch %d) | ONNX Runtime images/s | photo 481x321 end to end (ms) |" % args.batch,
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     photo = np.random.default_rng(0).random((321, 481, 3), dtype=np.float32)
     for name in ENGINES:
         c = load_colorizer(name, backend)
+        session = onnx_session(c.model, args.out)
         for size in (128, 256, 512):
             g = gflops(c.model, size)
             x = torch.randn(args.batch, 1, size, size)
             with torch.inference_mode():
                 s = median_seconds(lambda: c.model(x), repeat=5 if size == 512 else 10)
+            ort_s = median_seconds(lambda: session.run(None, {INPUT_NAME: x.numpy()}), repeat=5 if size == 512 else 10)
             c.working_size = size
             photo_ms = median_seconds(lambda: c.colorize(photo), repeat=5) * 1000
-            lines.append(f"| {name} | {size} | {g:.2f} | {g / (ECCV16_GFLOPS_256 * (size / 256) ** 2) * 100:.1f}% | {args.batch / s:.0f} | {photo_ms:.0f} |")
+            lines.append(f"| {name} | {size} | {g:.2f} | {g / (ECCV16_GFLOPS_256 * (size / 256) ** 2) * 100:.1f}% | {args.batch / s:.0f} | {args.batch / ort_s:.0f} | {photo_ms:.0f} |")
             print(lines[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")

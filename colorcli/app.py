@@ -194,6 +194,31 @@ def models() -> None:
         typer.echo(f"{spec.name:<16} {spec.summary}")
 
 
+@app.command("export")
+def export(
+    output: Annotated[Path, typer.Argument(help="Where to write the .onnx file.")],
+    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    weights: Annotated[Optional[Path], typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
+) -> None:
+    """Export an engine's network to ONNX (dynamic batch and size)."""
+    try:
+        get_spec(model)
+    except UnknownEngineError as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+    from engines.checkpoint import CheckpointError
+    from engines.export import export_onnx
+    from engines.pipeline import load_colorizer
+    from engines.runtime import select_backend
+
+    try:
+        colorizer = load_colorizer(model, select_backend("cpu"), weights=weights)
+        export_onnx(colorizer.model, output)
+    except (CheckpointError, OSError) as e:
+        _err(f"cannot export: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"wrote {output}")
+
+
 def main() -> None:
     try:
         app()

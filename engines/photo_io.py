@@ -40,6 +40,7 @@ import contextlib
 import errno
 import os
 import secrets
+import stat
 import struct
 from dataclasses import dataclass
 from fractions import Fraction
@@ -51,6 +52,8 @@ from av.video.reformatter import ColorRange, Colorspace
 
 SUPPORTED_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
 MAX_PIXELS: int = 100_000_000
+# Compressed files larger than this are refused before reading (no photo needs it).
+MAX_FILE_BYTES: int = 2 * 2**30
 
 _TRUNCATED = "truncated or corrupt image data"
 _NOT_AN_IMAGE = "not an image (or an unsupported format)"
@@ -110,6 +113,14 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> Photo:
     ``max_pixels`` (checked before any pixel is decoded).
     """
     try:
+        # Refuse FIFOs and devices before opening: reading one would block or never end.
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise PhotoError("is a directory")
+        if not stat.S_ISREG(st.st_mode):
+            raise PhotoError("not a regular file")
+        if st.st_size > MAX_FILE_BYTES:
+            raise PhotoError(f"file too large: {st.st_size / 2**30:.1f} GiB (limit {MAX_FILE_BYTES // 2**30} GiB)")
         with open(path, "rb") as fh:
             head = fh.read(_SNIFF_BYTES)
             if not head:

@@ -58,7 +58,10 @@ class Colorizer:
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
-        """Full-resolution L ``(1, 1, H, W)`` in [0, 100] -> ab ``(1, 2, H, W)`` at the same size."""
+        """Full-resolution L ``(N, 1, H, W)`` in [0, 100] -> ab ``(N, 2, H, W)`` at the same size.
+
+        A batch (e.g. video frames) goes through the engine in one call.
+        """
         h, w = l.shape[-2:]
         scale = min(1.0, self.working_size / max(h, w))  # never upscale small photos
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))

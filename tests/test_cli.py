@@ -191,3 +191,12 @@ def test_help_version_and_module_entry_point():
 def test_models_lists_engines():
     r = invoke("models")
     assert r.exit_code == 0 and "regression" in r.stdout
+
+
+def test_export_writes_onnx(tmp_path):
+    r = invoke("export", tmp_path / "m.onnx")
+    assert r.exit_code == 0, r.output
+    import onnx
+
+    onnx.checker.check_model(str(tmp_path / "m.onnx"))
+    assert invoke("export", tmp_path / "m2.onnx", "--model", "nope").exit_code == 2

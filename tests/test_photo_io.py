@@ -768,3 +768,19 @@ def test_jpeg_decoding_is_quick(tmp_path):
         timings.append(time.perf_counter() - start)
     # A few milliseconds normally; generous bound for a loaded CI machine.
     assert min(timings) < 0.1
+
+
+def test_special_files_are_refused_without_blocking(tmp_path):
+    """A FIFO would block a reader forever and a device never ends: neither is opened."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(PhotoError, match="not a regular file"):
+        read_photo(fifo)
+    dev = tmp_path / "zero.jpg"
+    dev.symlink_to("/dev/zero")
+    with pytest.raises(PhotoError, match="not a regular file"):
+        read_photo(dev)
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(PhotoError):
+        read_photo(loop)

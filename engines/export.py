@@ -1,0 +1,39 @@
+"""ONNX export of an engine's network, with dynamic batch and spatial size.
+
+The exported graph maps ``l_norm (N, 1, H, W)`` (normalised lightness, see ``engines.color``) to the
+family's raw output (``ab_norm (N, 2, H, W)`` for regression); H and W must be multiples of
+``UNet.multiple`` (16), as in the PyTorch pipeline, which pads to that before calling the engine.
+This file is the input of the TensorRT builder (issue #5, not part of this build yet).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from engines.unet import UNet
+
+OPSET = 17
+INPUT_NAME, OUTPUT_NAME = "l_norm", "ab_norm"
+
+
+def export_onnx(model: UNet, path: Path, example_size: tuple[int, int] = (64, 96)) -> None:
+    """Write ``model`` as ONNX to ``path`` atomically (temporary name, then rename)."""
+    model = model.eval().cpu()
+    example = torch.zeros(1, model.config.in_channels, *example_size)
+    axes = {0: "batch", 2: "height", 3: "width"}
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with warnings.catch_warnings(), torch.inference_mode():
+            # The TorchScript-based exporter needs no extra packages and handles this plain CNN fully.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=OPSET, dynamo=False,
+            )
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,36 @@
+"""ONNX export of every shipped engine, checked against PyTorch with ONNX Runtime."""
+
+import numpy as np
+import pytest
+import torch
+
+from engines import color
+from engines.export import INPUT_NAME, export_onnx
+from engines.pipeline import load_colorizer
+from engines.registry import ENGINES
+from engines.runtime import select_backend
+
+ort = pytest.importorskip("onnxruntime")
+
+# Largest allowed difference between ONNX Runtime and PyTorch, in CIELAB ab units (FP32 both).
+MAX_AB_DIFF = 0.01
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_onnx_matches_pytorch_at_several_batches_and_sizes(name, tmp_path):
+    model = load_colorizer(name, select_backend("cpu")).model
+    path = tmp_path / f"{name}.onnx"
+    export_onnx(model, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    g = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in [(1, 1, 64, 64), (3, 1, 128, 80), (2, 1, 256, 256)]:
+        l_norm = torch.rand(shape, generator=g) * 2 - 1
+        with torch.inference_mode():
+            ref = color.denormalize_ab(model(l_norm)).numpy()
+        out = color.denormalize_ab(torch.from_numpy(session.run(None, {INPUT_NAME: l_norm.numpy()})[0])).numpy()
+        assert out.shape == ref.shape
+        worst = max(worst, float(np.abs(out - ref).max()))
+    print(f"{name}: max |ab| difference ONNX Runtime vs PyTorch = {worst:.2e}")
+    assert worst < MAX_AB_DIFF
+    assert not (tmp_path / f".{name}.onnx.tmp").exists()
