@@ -288,12 +288,17 @@ def test_permission_denied_on_temporary_file(tmp_path, monkeypatch):
     def deny(file, mode="r", *args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
 
+    unreadable = tmp_path / "in" / "whatever.png"
+    unreadable.parent.mkdir()
+    unreadable.write_bytes(b"\x89PNG")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
     monkeypatch.setattr(photo_io, "open", deny, raising=False)
     with pytest.raises(PhotoError, match="^cannot write: permission denied$"):
-        write_photo(tmp_path / "out.png", np.zeros((2, 2, 3), np.float32))
+        write_photo(out_dir / "out.png", np.zeros((2, 2, 3), np.float32))
     with pytest.raises(PhotoError, match="^permission denied$"):
-        read_photo(tmp_path / "whatever.png")
-    assert list(tmp_path.iterdir()) == []
+        read_photo(unreadable)
+    assert list(out_dir.iterdir()) == []
 
 
 def test_write_into_missing_directory(tmp_path):
