@@ -14,7 +14,6 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -29,7 +28,7 @@ class _DefaultToRun(TyperGroup):
     """`colorize photo.jpg ...` means `colorize run photo.jpg ...`: the first word is a file
     unless it names a subcommand (a file called like a subcommand: `colorize run eval`)."""
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
         if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
             args = ["run", *args]
         return super().parse_args(ctx, args)
