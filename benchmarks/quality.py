@@ -64,8 +64,12 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         colourful.append(float(colourfulness(to_chw(out))))
         dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
         outputs[name] = out
-    return {"auc": curve.auc(), "auc_rebal": curve.auc_rebalanced(), "colourfulness": float(np.mean(colourful)),
-            "dL": float(np.mean(dl))}, outputs
+    return {
+        "auc": curve.auc(),
+        "auc_rebal": curve.auc_rebalanced(),
+        "colourfulness": float(np.mean(colourful)),
+        "dL": float(np.mean(dl)),
+    }, outputs
 
 
 def gray_of(rgb: np.ndarray) -> np.ndarray:
@@ -112,7 +116,9 @@ def main() -> None:
     backend = select_backend("cpu")
 
     results: dict[str, dict] = {}
-    columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in args.gallery if n in photos}}
+    columns: dict[str, dict[str, np.ndarray]] = {
+        "gray input": {n: gray_of(photos[n]) for n in args.gallery if n in photos}
+    }
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
     candidates = [(e, None) for e in args.engine] + [(str(w), w) for w in args.weights]
     for label, w in candidates:
@@ -127,12 +133,17 @@ def main() -> None:
     true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout.strip()
     lines = [
-        f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training), "
-        f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, commit {commit}.",
+        (
+            f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training), "
+            f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, "
+            f"commit {commit}."
+        ),
         "",
-        "| prediction | AuC | AuC rebal. | colourfulness (originals: %.1f) | mean abs dL |" % true_colourful,
+        f"| prediction | AuC | AuC rebal. | colourfulness (originals: {true_colourful:.1f}) | mean abs dL |",
         "|---|---:|---:|---:|---:|",
     ]
     for key, r in results.items():

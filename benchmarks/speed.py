@@ -68,7 +68,10 @@ def main() -> None:
     lines = [
         f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
         "",
-        "| engine | size | GFLOPs / image | vs ECCV16 at that size | PyTorch images/s (batch %d) | ONNX Runtime images/s | photo 481x321 end to end (ms) |" % args.batch,
+        (
+            f"| engine | size | GFLOPs / image | vs ECCV16 at that size | PyTorch images/s (batch {args.batch}) "
+            "| ONNX Runtime images/s | photo 481x321 end to end (ms) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     photo = np.random.default_rng(0).random((321, 481, 3), dtype=np.float32)
@@ -78,12 +81,17 @@ def main() -> None:
         for size in (128, 256, 512):
             g = gflops(c.model, size)
             x = torch.randn(args.batch, 1, size, size)
+            repeat = 5 if size == 512 else 10
             with torch.inference_mode():
-                s = median_seconds(lambda: c.model(x), repeat=5 if size == 512 else 10)
-            ort_s = median_seconds(lambda: session.run(None, {INPUT_NAME: x.numpy()}), repeat=5 if size == 512 else 10)
+                s = median_seconds(lambda c=c, x=x: c.model(x), repeat=repeat)
+            ort_s = median_seconds(lambda s_=session, x=x: s_.run(None, {INPUT_NAME: x.numpy()}), repeat=repeat)
             c.working_size = size
-            photo_ms = median_seconds(lambda: c.colorize(photo), repeat=5) * 1000
-            lines.append(f"| {name} | {size} | {g:.2f} | {g / (ECCV16_GFLOPS_256 * (size / 256) ** 2) * 100:.1f}% | {args.batch / s:.0f} | {args.batch / ort_s:.0f} | {photo_ms:.0f} |")
+            photo_ms = median_seconds(lambda c=c: c.colorize(photo), repeat=5) * 1000
+            vs_eccv16 = g / (ECCV16_GFLOPS_256 * (size / 256) ** 2) * 100
+            lines.append(
+                f"| {name} | {size} | {g:.2f} | {vs_eccv16:.1f}% | {args.batch / s:.0f} "
+                f"| {args.batch / ort_s:.0f} | {photo_ms:.0f} |"
+            )
             print(lines[-1], flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")

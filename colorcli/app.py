@@ -12,7 +12,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from typer.core import TyperGroup
@@ -51,7 +51,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = None,
 ) -> None:
     pass
 
@@ -70,29 +72,56 @@ def _err(msg: str) -> None:
 @app.command("run")
 def run(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.", show_default=False)],
-    output: Annotated[Optional[str], typer.Option("-o", "--output", help="Output file (one input) or folder. Default: <stem>_color<ext> beside each input.")] = None,
+    output: Annotated[
+        str | None,
+        typer.Option(
+            "-o", "--output", help="Output file (one input) or folder. Default: <stem>_color<ext> beside each input."
+        ),
+    ] = None,
     model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
     backend: Annotated[BackendChoice, typer.Option(help="Where the engine runs.")] = BackendChoice.auto,
-    recursive: Annotated[bool, typer.Option("-r", "--recursive", help="Descend into subfolders of folder inputs.")] = False,
+    recursive: Annotated[
+        bool, typer.Option("-r", "--recursive", help="Descend into subfolders of folder inputs.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace outputs that already exist.")] = False,
-    json_out: Annotated[bool, typer.Option("--json", help="One JSON object per input on stdout, nothing else there.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="One JSON object per input on stdout, nothing else there.")
+    ] = False,
     quality: Annotated[int, typer.Option(min=1, max=100, help="JPEG/WebP quality of outputs.")] = 95,
-    working_size: Annotated[Optional[int], typer.Option(min=16, max=4096, help="Long side at which the engine sees the photo (default: the engine's).")] = None,
-    weights: Annotated[Optional[Path], typer.Option(help="Use a checkpoint from `python -m training` instead of the shipped weights.")] = None,
-    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")] = False,
+    working_size: Annotated[
+        int | None,
+        typer.Option(min=16, max=4096, help="Long side at which the engine sees the photo (default: the engine's)."),
+    ] = None,
+    weights: Annotated[
+        Path | None, typer.Option(help="Use a checkpoint from `python -m training` instead of the shipped weights.")
+    ] = None,
+    verbose: Annotated[
+        bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")
+    ] = False,
 ) -> None:
     """Colorize photos: `colorize IN... [-o OUT] [--model NAME]`."""
     try:
         get_spec(model)
     except UnknownEngineError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
-    code = _run(inputs, output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose)
+    code = _run(
+        inputs, output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose
+    )
     raise typer.Exit(code)
 
 
 def _run(
-    inputs: list[str], output: str | None, model: str, backend_name: str, recursive: bool, overwrite: bool,
-    json_out: bool, quality: int, working_size: int | None, weights: Path | None, verbose: bool,
+    inputs: list[str],
+    output: str | None,
+    model: str,
+    backend_name: str,
+    recursive: bool,
+    overwrite: bool,
+    json_out: bool,
+    quality: int,
+    working_size: int | None,
+    weights: Path | None,
+    verbose: bool,
 ) -> int:
     jobs = expand(inputs, output, recursive)
     if output is not None and len(jobs) > 1 and Path(output).is_file():
@@ -128,8 +157,13 @@ def _run(
                 seconds = time.perf_counter() - t0
             failed += job.error is not None
             if json_out:
-                record = {"input": job.input, "output": job.output if job.error is None else None,
-                          "status": "ok" if job.error is None else "error", "error": job.error, "seconds": round(seconds, 4)}
+                record = {
+                    "input": job.input,
+                    "output": job.output if job.error is None else None,
+                    "status": "ok" if job.error is None else "error",
+                    "error": job.error,
+                    "seconds": round(seconds, 4),
+                }
                 typer.echo(json.dumps(record))
             elif job.error is not None:
                 _err(f"{job.input}: {job.error}")
@@ -160,7 +194,7 @@ def _colorize_one(colorizer, job: Job, overwrite: bool, quality: int) -> str | N
         return f"cannot write output: {e.strerror or e}"
     except MemoryError:
         return "out of memory"
-    except Exception as e:  # a bug of ours: still one line, and the batch goes on
+    except Exception as e:  # noqa: BLE001 - a bug of ours: still one line, and the batch goes on
         return f"internal error: {type(e).__name__}: {e}"
     return None
 
@@ -176,7 +210,9 @@ class _progress:
             return lambda: None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-        self._bar = Progress(TextColumn("colorizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True)
+        self._bar = Progress(
+            TextColumn("colorizing"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+        )
         self._bar.__enter__()
         task = self._bar.add_task("", total=self.total)
         return lambda: self._bar.advance(task)
@@ -197,7 +233,7 @@ def models() -> None:
 def export(
     output: Annotated[Path, typer.Argument(help="Where to write the .onnx file.")],
     model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
-    weights: Annotated[Optional[Path], typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
+    weights: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
 ) -> None:
     """Export an engine's network to ONNX (dynamic batch and size)."""
     try:

@@ -60,7 +60,13 @@ def expand(args: list[str], output: str | None, recursive: bool) -> list[Job]:
             single_file = False
             images = _folder_images(p, recursive)
             if not images:
-                found.append(Job(arg, None, "no images found in this folder" + ("" if recursive else " (use --recursive for subfolders)")))
+                found.append(
+                    Job(
+                        arg,
+                        None,
+                        "no images found in this folder" + ("" if recursive else " (use --recursive for subfolders)"),
+                    )
+                )
             found.extend((f, str(f.relative_to(p))) for f in images)
         elif os.path.lexists(p):
             found.append((p, p.name))

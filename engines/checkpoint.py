@@ -48,7 +48,10 @@ class EngineCheckpoint:
 
 def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
     """Write atomically (temporary name, then rename). ``half`` stores float weights as fp16 to halve the file."""
-    sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in ckpt.state_dict.items()}
+    sd = {
+        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
+        for k, v in ckpt.state_dict.items()
+    }
     payload = {
         "format": FORMAT,
         "family": ckpt.family,

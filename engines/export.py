@@ -31,8 +31,14 @@ def export_onnx(model: UNet, path: Path, example_size: tuple[int, int] = (64, 96
             # The TorchScript-based exporter needs no extra packages and handles this plain CNN fully.
             warnings.simplefilter("ignore")
             torch.onnx.export(
-                model, (example,), str(tmp), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes}, opset_version=OPSET, dynamo=False,
+                model,
+                (example,),
+                str(tmp),
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+                opset_version=OPSET,
+                dynamo=False,
             )
         os.replace(tmp, path)
     finally:

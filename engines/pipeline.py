@@ -27,7 +27,9 @@ def _box(x: torch.Tensor, r: int) -> torch.Tensor:
     return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
 
 
-def guided_upsample(l_small: torch.Tensor, ab_small: torch.Tensor, l_full: torch.Tensor, r: int = 2, eps: float = 1e-3) -> torch.Tensor:
+def guided_upsample(
+    l_small: torch.Tensor, ab_small: torch.Tensor, l_full: torch.Tensor, r: int = 2, eps: float = 1e-3
+) -> torch.Tensor:
     """Fast guided filter (He and Sun 2015): upsample ab so that its edges follow full-resolution L.
 
     Per window at working size, ab is fitted as a linear function of L (``ab ~ a * L + b``); the
@@ -65,7 +67,9 @@ class Colorizer:
         h, w = l.shape[-2:]
         scale = min(1.0, self.working_size / max(h, w))  # never upscale small photos
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-        l_small = F.interpolate(l, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False) if scale < 1 else l
+        l_small = (
+            F.interpolate(l, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False) if scale < 1 else l
+        )
         m = self.model.multiple
         ph, pw = (-sh) % m, (-sw) % m
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
@@ -90,7 +94,9 @@ class Colorizer:
         return out.permute(1, 2, 0).numpy()
 
 
-def load_colorizer(model: str, backend: Backend, weights: Path | None = None, working_size: int | None = None) -> Colorizer:
+def load_colorizer(
+    model: str, backend: Backend, weights: Path | None = None, working_size: int | None = None
+) -> Colorizer:
     """Build the named engine (or a checkpoint file given as ``weights``) on ``backend``'s device."""
     path = weights if weights is not None else get_spec(model).weights_path()
     ckpt = checkpoint.load(path)

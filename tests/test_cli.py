@@ -127,7 +127,9 @@ def test_unusual_images_never_crash(tmp_path):
     rng = np.random.default_rng(3)
     g16 = rng.integers(0, 65536, (21, 13), dtype=np.uint16)
     cv2.imwrite(str(d / "gray16.png"), g16)
-    bgra = np.dstack([rng.integers(0, 256, (9, 11, 3), dtype=np.uint8), np.linspace(0, 255, 99, dtype=np.uint8).reshape(9, 11)])
+    bgra = np.dstack(
+        [rng.integers(0, 256, (9, 11, 3), dtype=np.uint8), np.linspace(0, 255, 99, dtype=np.uint8).reshape(9, 11)]
+    )
     cv2.imwrite(str(d / "alpha.png"), bgra)
     cv2.imwrite(str(d / "one.png"), np.array([[128]], np.uint8))
     from PIL import Image
@@ -181,10 +183,10 @@ def test_verbose_says_which_backend(tmp_path):
 
 def test_help_version_and_module_entry_point():
     for args in (["--help"], ["--version"], ["run", "--help"]):
-        p = subprocess.run([sys.executable, "-m", "colorcli", *args], capture_output=True, text=True)
+        p = subprocess.run([sys.executable, "-m", "colorcli", *args], capture_output=True, text=True, check=False)
         assert p.returncode == 0, p.stderr
     assert "colorize" in p.stdout
-    p = subprocess.run([sys.executable, "-m", "colorcli"], capture_output=True, text=True)
+    p = subprocess.run([sys.executable, "-m", "colorcli"], capture_output=True, text=True, check=False)
     assert p.returncode == 2  # no arguments: usage
 
 

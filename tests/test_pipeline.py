@@ -59,7 +59,9 @@ def test_working_size_bounds_engine_input():
 
 def test_checkpoint_round_trip(tmp_path):
     model = _random_colorizer().model
-    ckpt = checkpoint.EngineCheckpoint("regression", model.config, model.state_dict(), working_size=96, trained_on={"x": 1})
+    ckpt = checkpoint.EngineCheckpoint(
+        "regression", model.config, model.state_dict(), working_size=96, trained_on={"x": 1}
+    )
     checkpoint.save(ckpt, tmp_path / "m.pt")
     back = checkpoint.load(tmp_path / "m.pt")
     assert back.working_size == 96 and back.arch == model.config and back.trained_on == {"x": 1}
@@ -83,7 +85,9 @@ def sample_photos():
     """Colour photos the engines never saw in training (scikit-image's sample data)."""
     import skimage.data
 
-    return {n: getattr(skimage.data, n)().astype(np.float32) / 255 for n in ("astronaut", "coffee", "chelsea", "rocket")}
+    return {
+        n: getattr(skimage.data, n)().astype(np.float32) / 255 for n in ("astronaut", "coffee", "chelsea", "rocket")
+    }
 
 
 @pytest.mark.parametrize("name", list(ENGINES))

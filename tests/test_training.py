@@ -66,9 +66,18 @@ def test_gray_images_are_dropped_and_tar_streams_match_folders(tmp_path):
 
 
 def _tiny_config(folder: Path, tmp_path: Path, **kw) -> TrainConfig:
-    base = dict(
-        sources=(str(folder),), source_sizes=(40,), crop_size=32, widths=(8, 16, 32, 64), batch_size=8,
-        max_steps=8, warmup_steps=2, val_every=4, val_images=16, val_fraction=0.2, threads=1,
+    base = dict(  # noqa: C408 - keyword form reads like the config
+        sources=(str(folder),),
+        source_sizes=(40,),
+        crop_size=32,
+        widths=(8, 16, 32, 64),
+        batch_size=8,
+        max_steps=8,
+        warmup_steps=2,
+        val_every=4,
+        val_images=16,
+        val_fraction=0.2,
+        threads=1,
         cache_dir=str(tmp_path / "cache"),
     )
     return replace(TrainConfig(), **{**base, **kw})

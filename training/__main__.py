@@ -16,8 +16,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m training", description=__doc__)
     p.add_argument("recipe", type=Path, help="TOML recipe (see training/recipes/)")
     p.add_argument("--out", type=Path, required=True, help="run folder: state.pt, engine.pt, log.jsonl")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key; VALUE is TOML (e.g. --set max_steps=500 --set loss='\"l1\"')")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key; VALUE is TOML (e.g. --set max_steps=500 --set loss='\"l1\"')",
+    )
     p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt in --out")
     args = p.parse_args(argv)
 
@@ -38,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     def progress(step: int, s: dict) -> None:
         if time.monotonic() - last[0] > 10:
             last[0] = time.monotonic()
-            print(f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s", flush=True)
+            print(
+                f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
+                flush=True,
+            )
 
     best = train(cfg, args.out, resume=not args.fresh, progress=progress)
     print(json.dumps(best))

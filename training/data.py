@@ -97,7 +97,9 @@ class ImageSet:
 def load_source(path: Path, size: int, cache_dir: Path) -> ImageSet:
     """Decode a source once (gray images dropped) and cache it under ``cache_dir``."""
     st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{GRAY_CHROMA_P95}".encode()).hexdigest()[:16]
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{GRAY_CHROMA_P95}".encode()).hexdigest()[
+        :16
+    ]
     cache = cache_dir / f"{path.name}-{size}-{key}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)

@@ -79,7 +79,11 @@ def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) 
 
 
 def train(
-    cfg: TrainConfig, out_dir: Path, resume: bool = True, progress: Progress | None = None, stop_at_step: int | None = None
+    cfg: TrainConfig,
+    out_dir: Path,
+    resume: bool = True,
+    progress: Progress | None = None,
+    stop_at_step: int | None = None,
 ) -> dict:
     """Train until ``cfg.max_steps`` (or early stopping). Returns the best validation figures.
 
@@ -122,8 +126,15 @@ def train(
     def save_state() -> None:
         _save_state(
             state_path,
-            {"task": task.state_dict(), "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-             "step": step, "best": best, "stale": stale, "config": cfg.to_dict()},
+            {
+                "task": task.state_dict(),
+                "sampler": sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "best": best,
+                "stale": stale,
+                "config": cfg.to_dict(),
+            },
         )
 
     last_save = time.monotonic()
