@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Annotated
@@ -69,6 +70,27 @@ def _err(msg: str) -> None:
     typer.echo(f"colorize: {msg}", err=True)
 
 
+class DecodingChoice(str, Enum):
+    annealed = "annealed"
+    mean = "mean"
+    argmax = "argmax"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    output: str | None
+    model: str
+    backend: str
+    recursive: bool
+    overwrite: bool
+    json_out: bool
+    quality: int
+    working_size: int | None
+    weights: Path | None
+    verbose: bool
+    decode_options: dict = field(default_factory=dict)
+
+
 @app.command("run")
 def run(
     inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.", show_default=False)],
@@ -95,6 +117,14 @@ def run(
     weights: Annotated[
         Path | None, typer.Option(help="Use a checkpoint from `python -m training` instead of the shipped weights.")
     ] = None,
+    decoding: Annotated[
+        DecodingChoice | None,
+        typer.Option(help="Classification engines: annealed mean (default), plain mean, or argmax."),
+    ] = None,
+    temperature: Annotated[
+        float | None,
+        typer.Option(min=0.01, max=10.0, help="Classification engines: annealed-mean temperature (default 0.38)."),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")
     ] = False,
@@ -104,28 +134,31 @@ def run(
         get_spec(model)
     except UnknownEngineError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
-    code = _run(
-        inputs, output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose
+    decode_options: dict = {}
+    if decoding is not None:
+        decode_options["method"] = decoding.value
+    if temperature is not None:
+        decode_options["temperature"] = temperature
+    opts = RunOptions(
+        output,
+        model,
+        backend.value,
+        recursive,
+        overwrite,
+        json_out,
+        quality,
+        working_size,
+        weights,
+        verbose,
+        decode_options,
     )
-    raise typer.Exit(code)
+    raise typer.Exit(_run(inputs, opts))
 
 
-def _run(
-    inputs: list[str],
-    output: str | None,
-    model: str,
-    backend_name: str,
-    recursive: bool,
-    overwrite: bool,
-    json_out: bool,
-    quality: int,
-    working_size: int | None,
-    weights: Path | None,
-    verbose: bool,
-) -> int:
-    jobs = expand(inputs, output, recursive)
-    if output is not None and len(jobs) > 1 and Path(output).is_file():
-        _err(f"-o {output} is a file, but there are {len(jobs)} inputs; give a folder")
+def _run(inputs: list[str], opts: RunOptions) -> int:
+    jobs = expand(inputs, opts.output, opts.recursive)
+    if opts.output is not None and len(jobs) > 1 and Path(opts.output).is_file():
+        _err(f"-o {opts.output} is a file, but there are {len(jobs)} inputs; give a folder")
         return EXIT_USAGE
 
     # Heavy imports only now that the arguments are known to be sensible.
@@ -134,29 +167,31 @@ def _run(
     from engines.runtime import BackendUnavailable, select_backend
 
     try:
-        backend = select_backend(backend_name)
+        backend = select_backend(opts.backend)
     except BackendUnavailable as e:
         _err(str(e))
         return EXIT_USAGE
-    if verbose:
+    if opts.verbose:
         for note in backend.notes:
             _err(f"backend: {note}")
     try:
-        colorizer = load_colorizer(model, backend, weights=weights, working_size=working_size)
-    except (CheckpointError, OSError) as e:
+        colorizer = load_colorizer(
+            opts.model, backend, weights=opts.weights, working_size=opts.working_size, **opts.decode_options
+        )
+    except (CheckpointError, OSError, ValueError) as e:
         _err(f"cannot load model: {e}")
         return EXIT_USAGE
 
     failed = 0
-    with _progress(len(jobs), enabled=sys.stderr.isatty() and not json_out) as advance:
+    with _progress(len(jobs), enabled=sys.stderr.isatty() and not opts.json_out) as advance:
         for job in jobs:
             seconds = 0.0
             if job.error is None:
                 t0 = time.perf_counter()
-                job.error = _colorize_one(colorizer, job, overwrite, quality)
+                job.error = _colorize_one(colorizer, job, opts.overwrite, opts.quality)
                 seconds = time.perf_counter() - t0
             failed += job.error is not None
-            if json_out:
+            if opts.json_out:
                 record = {
                     "input": job.input,
                     "output": job.output if job.error is None else None,
@@ -167,10 +202,10 @@ def _run(
                 typer.echo(json.dumps(record))
             elif job.error is not None:
                 _err(f"{job.input}: {job.error}")
-            elif verbose:
+            elif opts.verbose:
                 _err(f"{job.input} -> {job.output} ({seconds:.2f} s)")
             advance()
-    if not json_out and len(jobs) > 1:
+    if not opts.json_out and len(jobs) > 1:
         _err(f"{len(jobs) - failed} of {len(jobs)} colorized" + (f", {failed} failed" if failed else ""))
     return EXIT_FAILED if failed else EXIT_OK
 

@@ -11,6 +11,8 @@ loading one never runs code. Keys:
 - ``state_dict``: the model's weights
 - ``trained_on``: what data and recipe produced it (provenance, free-form plain values)
 - ``metrics``: held-out figures measured when it was saved (free-form plain values)
+- ``family_state``: what the family needs to decode the network's output (e.g. the ab bin centres
+  of a classification engine); empty for regression
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class EngineCheckpoint:
     working_size: int = 128
     trained_on: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    family_state: dict = field(default_factory=dict)
 
     def build_model(self) -> UNet:
         model = UNet(self.arch)
@@ -61,6 +64,7 @@ def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
         "state_dict": sd,
         "trained_on": ckpt.trained_on,
         "metrics": ckpt.metrics,
+        "family_state": ckpt.family_state,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -86,4 +90,5 @@ def load(path: Path) -> EngineCheckpoint:
         working_size=int(payload["working_size"]),
         trained_on=payload.get("trained_on", {}),
         metrics=payload.get("metrics", {}),
+        family_state=payload.get("family_state", {}),
     )

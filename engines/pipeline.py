@@ -7,16 +7,24 @@ low-frequency, so this costs little quality and makes the engine cost independen
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, color
+from engines import checkpoint, classification, color, regression
 from engines.registry import get_spec
 from engines.runtime import Backend
 from engines.unet import UNet
+
+# Each family turns the network's raw output into ab (CIELAB units): ``decode(raw, family_state, **options)``.
+FAMILIES: dict[str, Callable[..., torch.Tensor]] = {
+    "regression": regression.decode,
+    "classification": classification.decode,
+}
 
 # Rows per band when converting back to RGB, so a very large photo needs bounded extra memory.
 _BAND_PIXELS = 2_000_000
@@ -51,8 +59,17 @@ def guided_upsample(
 class Colorizer:
     """A loaded engine on a device. ``colorize`` takes and returns ``rgb (H, W, 3) float32`` in [0, 1]."""
 
-    def __init__(self, model: UNet, working_size: int, device: torch.device, name: str = "custom", guided: bool = True):
+    def __init__(
+        self,
+        model: UNet,
+        working_size: int,
+        device: torch.device,
+        name: str = "custom",
+        guided: bool = True,
+        decode: Callable[[torch.Tensor], torch.Tensor] = color.denormalize_ab,
+    ):
         self.model = model.to(device).eval()
+        self.decode = decode  # raw network output -> ab in CIELAB units
         self.working_size = working_size
         self.device = device
         self.name = name
@@ -74,7 +91,10 @@ class Colorizer:
         ph, pw = (-sh) % m, (-sw) % m
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
         l_in = F.pad(color.normalize_l(l_small), (0, pw, 0, ph), mode="replicate").to(self.device)
-        ab_small = color.denormalize_ab(self.model(l_in).float().cpu())[..., :sh, :sw]
+        ab_work = self.decode(self.model(l_in).float().cpu())
+        if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
+            ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
+        ab_small = ab_work[..., :sh, :sw]
         if (sh, sw) == (h, w):
             return ab_small
         if self.guided:
@@ -95,9 +115,21 @@ class Colorizer:
 
 
 def load_colorizer(
-    model: str, backend: Backend, weights: Path | None = None, working_size: int | None = None
+    model: str,
+    backend: Backend,
+    weights: Path | None = None,
+    working_size: int | None = None,
+    **decode_options: object,
 ) -> Colorizer:
-    """Build the named engine (or a checkpoint file given as ``weights``) on ``backend``'s device."""
+    """Build the named engine (or a checkpoint file given as ``weights``) on ``backend``'s device.
+
+    ``decode_options`` go to the family's decoder (classification: ``method``, ``temperature``).
+    """
     path = weights if weights is not None else get_spec(model).weights_path()
     ckpt = checkpoint.load(path)
-    return Colorizer(ckpt.build_model(), working_size or ckpt.working_size, backend.device, name=model)
+    if ckpt.family not in FAMILIES:
+        raise checkpoint.CheckpointError(f"{path}: unknown engine family {ckpt.family!r}")
+    if decode_options and ckpt.family != "classification":
+        raise ValueError(f"decoding options apply to classification engines only, not {ckpt.family}")
+    decode = partial(FAMILIES[ckpt.family], family_state=ckpt.family_state, **decode_options)
+    return Colorizer(ckpt.build_model(), working_size or ckpt.working_size, backend.device, name=model, decode=decode)

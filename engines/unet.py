@@ -22,13 +22,21 @@ class UNetConfig:
     in_channels: int = 1
     out_channels: int = 2
     widths: tuple[int, ...] = (32, 64, 128, 256)
+    # 1: output at input size; 2: at half size (the decoder's own resolution), for outputs with many
+    # channels (classification logits) that the pipeline decodes before upsampling.
+    output_stride: int = 1
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> UNetConfig:
-        return cls(in_channels=int(d["in_channels"]), out_channels=int(d["out_channels"]), widths=tuple(d["widths"]))
+        return cls(
+            in_channels=int(d["in_channels"]),
+            out_channels=int(d["out_channels"]),
+            widths=tuple(d["widths"]),
+            output_stride=int(d.get("output_stride", 1)),
+        )
 
 
 def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
@@ -52,7 +60,8 @@ class GlobalContext(nn.Module):
 
 
 class UNet(nn.Module):
-    """``l_norm (N, in_channels, H, W)`` -> ``(N, out_channels, H, W)``; H and W multiples of 16.
+    """``l_norm (N, in_channels, H, W)`` -> ``(N, out_channels, H / s, W / s)`` with ``s = output_stride``;
+    H and W multiples of 16.
 
     The decoder stops at half resolution and the output is upsampled bilinearly: chroma needs no more.
     """
@@ -88,4 +97,7 @@ class UNet(nn.Module):
             skip = skips.pop()
             h = F.interpolate(h, size=skip.shape[-2:], mode="bilinear", align_corners=False)
             h = up(torch.cat((h, skip), dim=1))
-        return F.interpolate(self.head(h), size=size, mode="bilinear", align_corners=False)
+        out = self.head(h)
+        if self.config.output_stride == 2:
+            return out
+        return F.interpolate(out, size=size, mode="bilinear", align_corners=False)

@@ -202,3 +202,8 @@ def test_export_writes_onnx(tmp_path):
 
     onnx.checker.check_model(str(tmp_path / "m.onnx"))
     assert invoke("export", tmp_path / "m2.onnx", "--model", "nope").exit_code == 2
+
+
+def test_decoding_options_are_refused_for_regression(tmp_path):
+    r = invoke(_photo(tmp_path / "a.png"), "--temperature", "0.2")
+    assert r.exit_code == 2 and "classification engines only" in r.stderr

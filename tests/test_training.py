@@ -108,3 +108,20 @@ def test_resume_continues_exactly(tmp_path):
     assert a["step"] == b["step"] == 8
     for k, v in a["task"]["model"].items():
         torch.testing.assert_close(b["task"]["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_tiny_classification_run_exports_an_engine_the_pipeline_decodes(tmp_path):
+    from engines.pipeline import load_colorizer
+    from engines.runtime import select_backend
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=40, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, family="classification", max_steps=24, lr=5e-3)
+    train(cfg, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["loss"] < log[0]["loss"]
+    engine = checkpoint.load(tmp_path / "run" / "engine.pt")
+    q = len(engine.family_state["ab_centres"])
+    assert engine.family == "classification" and engine.arch.out_channels == q > 10
+    c = load_colorizer("custom", select_backend("cpu"), weights=tmp_path / "run" / "engine.pt")
+    out = c.colorize(np.full((20, 30, 3), 0.5, np.float32))
+    assert out.shape == (20, 30, 3)

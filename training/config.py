@@ -53,6 +53,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     cfg = replace(TrainConfig(), **values)
     if len(cfg.sources) != len(cfg.source_sizes):
         raise ValueError("sources and source_sizes must have the same length")
+    if cfg.family not in ("regression", "classification"):
+        raise ValueError(f"family must be regression or classification, not {cfg.family!r}")
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

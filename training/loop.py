@@ -15,7 +15,6 @@ import torch
 
 from engines import checkpoint, color
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
-from engines.unet import UNetConfig
 from training.config import TrainConfig
 from training.data import BatchSampler, load_source, split
 from training.tasks import TASKS
@@ -67,11 +66,12 @@ def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) 
     checkpoint.save(
         checkpoint.EngineCheckpoint(
             family=task.family,
-            arch=UNetConfig(widths=cfg.widths),
+            arch=task.model.config,
             state_dict=task.model.state_dict(),
             working_size=cfg.working_size,
             trained_on={"recipe": cfg.to_dict(), "step": step, "images_seen": step * cfg.batch_size},
             metrics=metrics,
+            family_state=task.family_state(),
         ),
         path,
         half=True,
