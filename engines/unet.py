@@ -25,6 +25,9 @@ class UNetConfig:
     # 1: output at input size; 2: at half size (the decoder's own resolution), for outputs with many
     # channels (classification logits) that the pipeline decodes before upsampling.
     output_stride: int = 1
+    # "batch" (fast, folds into convolutions at inference) or "group" (per-sample statistics: batch
+    # composition does not matter, e.g. when several training processes each see part of a batch).
+    norm: str = "batch"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -36,15 +39,13 @@ class UNetConfig:
             out_channels=int(d["out_channels"]),
             widths=tuple(d["widths"]),
             output_stride=int(d.get("output_stride", 1)),
+            norm=str(d.get("norm", "batch")),
         )
 
 
-def _conv_bn_relu(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+def _conv_bn_relu(cin: int, cout: int, stride: int = 1, norm: str = "batch") -> nn.Sequential:
+    layer = nn.BatchNorm2d(cout) if norm == "batch" else nn.GroupNorm(min(8, cout), cout)
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), layer, nn.ReLU(inplace=True))
 
 
 class GlobalContext(nn.Module):
@@ -70,14 +71,22 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         w = config.widths
-        self.stem = nn.Sequential(_conv_bn_relu(config.in_channels, w[0], stride=2), _conv_bn_relu(w[0], w[0]))
+        self.stem = nn.Sequential(
+            _conv_bn_relu(config.in_channels, w[0], stride=2, norm=config.norm),
+            _conv_bn_relu(w[0], w[0], norm=config.norm),
+        )
         self.down = nn.ModuleList(
-            nn.Sequential(_conv_bn_relu(w[i], w[i + 1], stride=2), _conv_bn_relu(w[i + 1], w[i + 1]))
+            nn.Sequential(
+                _conv_bn_relu(w[i], w[i + 1], stride=2, norm=config.norm),
+                _conv_bn_relu(w[i + 1], w[i + 1], norm=config.norm),
+            )
             for i in range(len(w) - 1)
         )
-        self.context = nn.Sequential(_conv_bn_relu(w[-1], w[-1]), GlobalContext(w[-1]))
+        self.context = nn.Sequential(_conv_bn_relu(w[-1], w[-1], norm=config.norm), GlobalContext(w[-1]))
         self.up = nn.ModuleList(
-            nn.Sequential(_conv_bn_relu(w[i + 1] + w[i], w[i]), _conv_bn_relu(w[i], w[i]))
+            nn.Sequential(
+                _conv_bn_relu(w[i + 1] + w[i], w[i], norm=config.norm), _conv_bn_relu(w[i], w[i], norm=config.norm)
+            )
             for i in reversed(range(len(w) - 1))
         )
         self.head = nn.Conv2d(w[0], config.out_channels, 1)

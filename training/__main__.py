@@ -1,13 +1,19 @@
-"""``python -m training RECIPE.toml --out DIR``: train (or resume) an engine from a recipe."""
+"""``python -m training RECIPE.toml --out DIR``: train (or resume) an engine from a recipe.
+
+Several GPUs (or, for testing, several CPU processes):
+``torchrun --nproc_per_node=N -m training RECIPE.toml --out DIR`` (``batch_size`` is the global batch).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from training import distributed
 from training.config import load_recipe
 from training.loop import train
 
@@ -41,15 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     last = [0.0]
 
     def progress(step: int, s: dict) -> None:
-        if time.monotonic() - last[0] > 10:
+        if time.monotonic() - last[0] > 10 and int(os.environ.get("RANK", "0")) == 0:
             last[0] = time.monotonic()
             print(
                 f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
                 flush=True,
             )
 
-    best = train(cfg, args.out, resume=not args.fresh, progress=progress)
-    print(json.dumps(best))
+    try:
+        best = train(cfg, args.out, resume=not args.fresh, progress=progress)
+    finally:
+        distributed.shutdown()
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, only the main process reports
+        print(json.dumps(best))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import tomllib
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -19,6 +20,7 @@ class TrainConfig:
     min_crop_scale: float = 0.45  # area scale jitter of crops
     # Model
     widths: tuple[int, ...] = (32, 64, 128, 256)
+    norm: str = "batch"  # "batch" or "group" (see engines.unet.UNetConfig)
     # Regression loss: "l1", "l2" or "huber" on normalised ab; ``huber_delta`` in normalised units.
     loss: str = "huber"
     huber_delta: float = 0.1
@@ -55,6 +57,12 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError("sources and source_sizes must have the same length")
     if cfg.family not in ("regression", "classification"):
         raise ValueError(f"family must be regression or classification, not {cfg.family!r}")
+    if cfg.norm not in ("batch", "group"):
+        raise ValueError(f"norm must be batch or group, not {cfg.norm!r}")
+    if cfg.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
+        raise ValueError(
+            f"batch_size {cfg.batch_size} must divide evenly among the {os.environ['WORLD_SIZE']} processes"
+        )
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

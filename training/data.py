@@ -125,16 +125,12 @@ def split(images: ImageSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray
     return images.rgb_u8[~val], images.rgb_u8[val]
 
 
-def random_crops(
-    rgb_u8: torch.Tensor, out_size: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True
-) -> torch.Tensor:
-    """Random scaled crops with flips, all in one ``grid_sample``: ``(N, S, S, 3) uint8 -> (N, 3, out, out)`` in [0, 1].
+def crop_params(n: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True) -> torch.Tensor:
+    """Random scaled crops with flips as affine matrices ``(n, 2, 3)`` for ``F.affine_grid``.
 
     Each sample's crop side is ``sqrt(U(min_scale, 1))`` of the image side (area scale jitter), at a
     random position inside the image; horizontal flips with probability 1/2.
     """
-    n = rgb_u8.shape[0]
-    x = rgb_u8.permute(0, 3, 1, 2).float() / 255
     side = torch.sqrt(torch.empty(n).uniform_(min_scale, 1.0, generator=gen))
     tx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - side)
     ty = (torch.rand(n, generator=gen) * 2 - 1) * (1 - side)
@@ -142,7 +138,13 @@ def random_crops(
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2] = sx, tx
     theta[:, 1, 1], theta[:, 1, 2] = side, ty
-    grid = F.affine_grid(theta, [n, 3, out_size, out_size], align_corners=False)
+    return theta
+
+
+def apply_crops(rgb_u8: torch.Tensor, theta: torch.Tensor, out_size: int) -> torch.Tensor:
+    """``(N, S, S, 3) uint8`` and ``theta (N, 2, 3)`` -> crops ``(N, 3, out, out)`` in [0, 1], in one ``grid_sample``."""
+    x = rgb_u8.permute(0, 3, 1, 2).float() / 255
+    grid = F.affine_grid(theta, [len(x), 3, out_size, out_size], align_corners=False)
     # Bilinear is fine for downscaling by at most 2x (the largest source here is 100 px -> 64).
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False).clamp(0, 1)
 
@@ -180,17 +182,26 @@ class BatchSampler:
         self.gen.set_state(state["gen"])
         self._order = self._permutation()
 
-    def next_batch(self) -> torch.Tensor:
-        """``(B, 3, out, out)`` sRGB in [0, 1]."""
-        if self.offset >= len(self._order):
+    def next_batch(self, rank: int = 0, world: int = 1) -> torch.Tensor:
+        """This rank's share of the next global batch: ``(B / world, 3, out, out)`` sRGB in [0, 1].
+
+        Every rank draws the same global batch and the same crop parameters, and keeps its own
+        contiguous slice, so the ranks together train on exactly what one process would; each rank
+        only decodes and resamples its own images.
+        """
+        if self.offset + self.batch_size > len(self._order):  # drop the tail: every batch is full
             self.epoch, self.offset = self.epoch + 1, 0
             self._order = self._permutation()
         idx = self._order[self.offset : self.offset + self.batch_size]
         self.offset += self.batch_size
-        parts, start = [], 0
+        theta = crop_params(len(idx), self.gen, self.min_scale)
+        per = self.batch_size // world
+        idx, theta = idx[rank * per : (rank + 1) * per], theta[rank * per : (rank + 1) * per]
+        out = torch.empty(len(idx), 3, self.out_size, self.out_size)
+        start = 0
         for src, n in zip(self.sources, self.sizes):
-            mine = idx[(idx >= start) & (idx < start + n)] - start
-            if len(mine):
-                parts.append(random_crops(src[mine], self.out_size, self.gen, self.min_scale))
+            mine = (idx >= start) & (idx < start + n)
+            if mine.any():
+                out[mine] = apply_crops(src[idx[mine] - start], theta[mine], self.out_size)
             start += n
-        return torch.cat(parts)
+        return out

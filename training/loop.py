@@ -15,6 +15,7 @@ import torch
 
 from engines import checkpoint, color
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
+from training import distributed
 from training.config import TrainConfig
 from training.data import BatchSampler, load_source, split
 from training.tasks import TASKS
@@ -94,6 +95,7 @@ def train(
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
+    info = distributed.init()
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
@@ -113,6 +115,7 @@ def train(
     val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
 
     task = TASKS[cfg.family](cfg, prior)
+    task.place(info)
     sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
     step, best, stale = 0, {"score": -1.0}, 0
     state_path = out_dir / "state.pt"
@@ -124,6 +127,8 @@ def train(
         step, best, stale = state["step"], state["best"], state["stale"]
 
     def save_state() -> None:
+        if not info.is_main:
+            return
         _save_state(
             state_path,
             {
@@ -141,19 +146,22 @@ def train(
     t0, seen0 = time.monotonic(), step
     end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
     while step < end:
-        scalars = task.step(sampler.next_batch())
+        scalars = task.step(sampler.next_batch(info.rank, info.world))
         step += 1
-        if progress:
+        if progress and info.is_main:
             scalars["img_per_s"] = (step - seen0) * cfg.batch_size / max(1e-9, time.monotonic() - t0)
             progress(step, scalars)
         if step % cfg.val_every == 0 or step == cfg.max_steps:
+            # Every process validates (the models are identical), so all take the same decisions.
             figures = validate(task, val_rgb, metric_weights)
             figures["score"] = (figures["auc"] + figures["auc_rebal"]) / 2
-            with open(out_dir / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **figures}) + "\n")
+            if info.is_main:
+                with open(out_dir / "log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **figures}) + "\n")
             if figures["score"] > best["score"]:
                 best, stale = {**figures, "step": step}, 0
-                export_engine(task, cfg, best, step, out_dir / "engine.pt")
+                if info.is_main:
+                    export_engine(task, cfg, best, step, out_dir / "engine.pt")
             else:
                 stale += 1
             save_state()

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from engines import classification, color
 from engines.metrics import ab_bin_index, rebalance_weights
 from engines.unet import UNet, UNetConfig
+from training import distributed
 from training.config import TrainConfig
 
 
@@ -40,6 +41,16 @@ class _SingleNetworkTask:
         self.pixel_weights = (
             rebalance_weights(ab_prior, lam=cfg.rebalance_lambda, sigma_bins=0.5) if cfg.rebalance_lambda > 0 else None
         )
+        self.device = torch.device("cpu")
+        self.net: torch.nn.Module = self.model  # what the training step calls (DDP-wrapped when distributed)
+
+    def place(self, info: distributed.DistInfo) -> None:
+        """Move to this process's device and wrap for DDP when there are several processes."""
+        self.device = info.device
+        self.model.to(self.device)
+        if self.pixel_weights is not None:
+            self.pixel_weights = self.pixel_weights.to(self.device)
+        self.net = distributed.wrap(self.model, info)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -58,9 +69,11 @@ class _SingleNetworkTask:
 
     def step(self, rgb: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1]."""
-        self.model.train()
-        lab = color.rgb_to_lab(rgb)
-        loss = self.loss(color.normalize_l(lab[:, :1]), lab[:, 1:])
+        self.net.train()
+        lab = color.rgb_to_lab(rgb.to(self.device, non_blocking=True))
+        # bfloat16 autocast on GPU (unverified here: no GPU); colour conversion stays in float32.
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.loss(color.normalize_l(lab[:, :1]), lab[:, 1:])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -71,10 +84,10 @@ class _SingleNetworkTask:
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         """L ``(B, 1, H, W)`` in [0, 100] -> ab ``(B, 2, H, W)`` in CIELAB units."""
         self.model.eval()
-        ab = self.decode(self.model(color.normalize_l(l)))
+        ab = self.decode(self.model(color.normalize_l(l.to(self.device))).float())
         if ab.shape[-2:] != l.shape[-2:]:
             ab = F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)
-        return ab
+        return ab.cpu()
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
@@ -91,10 +104,10 @@ class RegressionTask(_SingleNetworkTask):
     family = "regression"
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
-        super().__init__(cfg, UNetConfig(widths=cfg.widths), ab_prior)
+        super().__init__(cfg, UNetConfig(widths=cfg.widths, norm=cfg.norm), ab_prior)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
-        pred, target = self.model(l_norm), color.normalize_ab(ab_true)
+        pred, target = self.net(l_norm).float(), color.normalize_ab(ab_true)
         if self.cfg.loss == "l1":
             per_pixel = (pred - target).abs().sum(1)
         elif self.cfg.loss == "l2":
@@ -118,11 +131,15 @@ class ClassificationTask(_SingleNetworkTask):
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
         self.centres = classification.bin_centres(ab_prior)
-        arch = UNetConfig(out_channels=len(self.centres), widths=cfg.widths, output_stride=2)
+        arch = UNetConfig(out_channels=len(self.centres), widths=cfg.widths, output_stride=2, norm=cfg.norm)
         super().__init__(cfg, arch, ab_prior)
 
+    def place(self, info: distributed.DistInfo) -> None:
+        super().place(info)
+        self.centres = self.centres.to(self.device)
+
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
-        logits = self.model(l_norm)
+        logits = self.net(l_norm).float()
         ab_half = F.avg_pool2d(ab_true, 2)
         target = classification.soft_encode(ab_half, self.centres)
         per_pixel = -(target * F.log_softmax(logits, dim=1)).sum(1)
@@ -132,7 +149,7 @@ class ClassificationTask(_SingleNetworkTask):
         return classification.decode_distribution(raw, self.centres)
 
     def family_state(self) -> dict:
-        return {"ab_centres": self.centres, "temperature": classification.DEFAULT_TEMPERATURE}
+        return {"ab_centres": self.centres.cpu(), "temperature": classification.DEFAULT_TEMPERATURE}
 
 
 TASKS = {"regression": RegressionTask, "classification": ClassificationTask}
