@@ -264,6 +264,48 @@ def models() -> None:
         typer.echo(f"{spec.name:<16} {spec.summary}")
 
 
+@app.command("eval")
+def eval_(
+    results: Annotated[Path, typer.Argument(help="Coloured result: a photo or a folder of photos.")],
+    truth: Annotated[Path, typer.Argument(help="Ground truth: a photo or a folder with the same relative names.")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (summary and per-image scores).")] = False,
+) -> None:
+    """Compare coloured results with the ground truth (AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL)."""
+    from engines.evaluation import EvaluationError, as_dicts, evaluate_pairs, pair_files, training_prior
+    from engines.photo_io import PhotoError
+
+    try:
+        summary, scores = evaluate_pairs(pair_files(results, truth), training_prior())
+    except (EvaluationError, PhotoError, OSError) as e:
+        _err(f"eval: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    if json_out:
+        typer.echo(json.dumps({"summary": summary, "images": as_dicts(scores)}))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{summary['images']} image(s)", show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("AuC, ab error 0-150 (higher is better)", f"{summary['auc']:.2f}"),
+        ("AuC, class-rebalanced", f"{summary['auc_rebalanced']:.2f}"),
+        ("PSNR (dB)", f"{summary['psnr']:.2f}"),
+        ("SSIM", f"{summary['ssim']:.4f}"),
+        ("CIEDE2000 (lower is better)", f"{summary['ciede2000']:.2f}"),
+        ("colourfulness: results / truth", f"{summary['colourfulness']:.1f} / {summary['colourfulness_true']:.1f}"),
+        (
+            "colourfulness gap: per image / of means",
+            f"{summary['colourfulness_gap_per_image']:.1f} / {summary['colourfulness_gap_of_means']:.1f}",
+        ),
+        ("lightness error, mean |dL|", f"{summary['lightness_error']:.2f}"),
+    ]
+    for name, value in rows:
+        table.add_row(name, value)
+    Console().print(table)
+
+
 @app.command("export")
 def export(
     output: Annotated[Path, typer.Argument(help="Where to write the .onnx file.")],

@@ -99,3 +99,72 @@ def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
     std = (rg.flatten(-2).var(-1, unbiased=False) + yb.flatten(-2).var(-1, unbiased=False)).sqrt()
     mean = (rg.flatten(-2).mean(-1).square() + yb.flatten(-2).mean(-1).square()).sqrt()
     return std + 0.3 * mean
+
+
+def psnr(pred: torch.Tensor, true: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of sRGB in [0, 1] (peak 1), ``(..., 3, H, W)`` -> ``(...)``."""
+    mse = (pred.double() - true.double()).square().flatten(-3).mean(-1)
+    return 10 * torch.log10(1.0 / mse.clamp(min=1e-20))
+
+
+def ssim(pred: torch.Tensor, true: torch.Tensor, sigma: float = 1.5) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004) over channels, ``(N, C, H, W)`` in [0, 1] -> ``(N,)``.
+
+    Gaussian window (sigma 1.5, 11 taps), K1 0.01, K2 0.03, data range 1, population covariance, and
+    only positions whose whole window lies inside the image: the settings of scikit-image's
+    ``structural_similarity(gaussian_weights=True, use_sample_covariance=False)``.
+    """
+    r = int(3.5 * sigma + 0.5)
+    k = torch.exp(-(torch.arange(-r, r + 1, dtype=torch.float64) ** 2) / (2 * sigma**2))
+    k = k / k.sum()
+    n, c = pred.shape[:2]
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        x = torch.nn.functional.conv2d(x.reshape(n * c, 1, *x.shape[-2:]), k.view(1, 1, 1, -1))
+        return torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1))
+
+    x, y = pred.double(), true.double()
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return s.reshape(n, c, -1).mean(-1).mean(-1)
+
+
+def ciede2000(lab1: torch.Tensor, lab2: torch.Tensor) -> torch.Tensor:
+    """CIEDE2000 colour difference (Sharma et al. 2005 formulation), ``(..., 3, H, W)`` -> ``(..., H, W)``."""
+    l1, a1, b1 = lab1.double().unbind(-3)
+    l2, a2, b2 = lab2.double().unbind(-3)
+    c_bar = (torch.hypot(a1, b1) + torch.hypot(a2, b2)) / 2
+    g = 0.5 * (1 - torch.sqrt(c_bar**7 / (c_bar**7 + 25.0**7)))
+    a1p, a2p = (1 + g) * a1, (1 + g) * a2
+    c1p, c2p = torch.hypot(a1p, b1), torch.hypot(a2p, b2)
+    h1p = torch.rad2deg(torch.atan2(b1, a1p)) % 360
+    h2p = torch.rad2deg(torch.atan2(b2, a2p)) % 360
+    dl = l2 - l1
+    dc = c2p - c1p
+    dh = h2p - h1p
+    dh = torch.where(dh > 180, dh - 360, torch.where(dh < -180, dh + 360, dh))
+    dh = torch.where(c1p * c2p == 0, torch.zeros_like(dh), dh)
+    dhh = 2 * torch.sqrt(c1p * c2p) * torch.sin(torch.deg2rad(dh) / 2)
+    l_bar = (l1 + l2) / 2
+    cp_bar = (c1p + c2p) / 2
+    h_sum = h1p + h2p
+    h_bar = torch.where(
+        (h1p - h2p).abs() > 180, torch.where(h_sum < 360, (h_sum + 360) / 2, (h_sum - 360) / 2), h_sum / 2
+    )
+    h_bar = torch.where(c1p * c2p == 0, h_sum, h_bar)
+    t = (
+        1
+        - 0.17 * torch.cos(torch.deg2rad(h_bar - 30))
+        + 0.24 * torch.cos(torch.deg2rad(2 * h_bar))
+        + 0.32 * torch.cos(torch.deg2rad(3 * h_bar + 6))
+        - 0.20 * torch.cos(torch.deg2rad(4 * h_bar - 63))
+    )
+    d_theta = 30 * torch.exp(-(((h_bar - 275) / 25) ** 2))
+    r_c = 2 * torch.sqrt(cp_bar**7 / (cp_bar**7 + 25.0**7))
+    s_l = 1 + 0.015 * (l_bar - 50) ** 2 / torch.sqrt(20 + (l_bar - 50) ** 2)
+    s_c = 1 + 0.045 * cp_bar
+    s_h = 1 + 0.015 * cp_bar * t
+    r_t = -torch.sin(torch.deg2rad(2 * d_theta)) * r_c
+    return torch.sqrt((dl / s_l) ** 2 + (dc / s_c) ** 2 + (dhh / s_h) ** 2 + r_t * (dc / s_c) * (dhh / s_h))
