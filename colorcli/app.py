@@ -259,9 +259,24 @@ class _progress:
 
 @app.command("models")
 def models() -> None:
-    """List the engines and their held-out figures."""
+    """List the engines, their working size and the held-out figures stored with them."""
+    from engines.checkpoint import CheckpointError, load
+
     for spec in ENGINES.values():
         typer.echo(f"{spec.name:<16} {spec.summary}")
+        try:
+            ckpt = load(spec.weights_path())
+        except (CheckpointError, OSError) as e:
+            typer.echo(f"{'':<16} weights unavailable: {e}")
+            continue
+        m = ckpt.metrics
+        figures = (
+            f"held-out AuC {m['auc']:.2f} (all-gray {m['gray_auc']:.2f}), "
+            f"rebalanced {m['auc_rebal']:.2f} (all-gray {m['gray_auc_rebal']:.2f})"
+            if {"auc", "gray_auc", "auc_rebal", "gray_auc_rebal"} <= set(m)
+            else "no held-out figures recorded"
+        )
+        typer.echo(f"{'':<16} working size {ckpt.working_size}; {figures}")
 
 
 @app.command("eval")

@@ -114,7 +114,11 @@ def warp(image: np.ndarray, flow: np.ndarray, grid: tuple[np.ndarray, np.ndarray
 
 
 def consistency_mask(
-    flow_ab: np.ndarray, flow_ba: np.ndarray, alpha: float = FB_ALPHA, beta: float = FB_BETA
+    flow_ab: np.ndarray,
+    flow_ba: np.ndarray,
+    alpha: float = FB_ALPHA,
+    beta: float = FB_BETA,
+    grid: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Where ``flow_ab`` is trustworthy: bool ``(H, W)``.
 
@@ -123,14 +127,13 @@ def consistency_mask(
     ``x + flow_ab(x)`` lies inside b; occluded and disoccluded pixels fail.
     """
     h, w = flow_ab.shape[:2]
-    gx, gy = _grid(h, w)
-    back = warp(flow_ba, flow_ab, (gx, gy))  # flow_ba at x + flow_ab(x)
-    total = flow_ab + back
-    err = (total**2).sum(axis=2)
-    bound = alpha * ((flow_ab**2).sum(axis=2) + (back**2).sum(axis=2)) + beta
+    gx, gy = grid if grid is not None else _grid(h, w)
     tx, ty = gx + flow_ab[..., 0], gy + flow_ab[..., 1]
-    inside = (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
-    return (err <= bound) & inside
+    back = cv2.remap(flow_ba, tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # flow_ba at x + flow_ab(x)
+    fx, fy, bx, by = flow_ab[..., 0], flow_ab[..., 1], back[..., 0], back[..., 1]
+    err = (fx + bx) ** 2 + (fy + by) ** 2
+    bound = alpha * (fx * fx + fy * fy + bx * bx + by * by) + beta
+    return (err <= bound) & (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,6 +173,7 @@ class ChromaSmoother:
         self.scene_cut_threshold = scene_cut_threshold
         self.flow_long_side = flow_long_side
         self._dis = make_dis(preset)
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
         self.cuts = 0  # scene cuts detected so far
         self.reset()
 
@@ -178,7 +182,6 @@ class ChromaSmoother:
         self._prev_small: np.ndarray | None = None
         self._prev_hist: np.ndarray | None = None
         self._prev_ab: np.ndarray | None = None
-        self._grid: tuple[np.ndarray, np.ndarray] | None = None
 
     def step(self, l: np.ndarray, ab: np.ndarray) -> np.ndarray:
         h, w = l.shape
@@ -197,25 +200,34 @@ class ChromaSmoother:
     def _blend(
         self, small: np.ndarray, prev_small: np.ndarray, ab: np.ndarray, prev_ab: np.ndarray, h: int, w: int
     ) -> np.ndarray:
+        sh, sw = small.shape
+        small_grid = self._grid_for(sh, sw)
         flow_b = dense_flow(small, prev_small, self._dis)  # this frame -> previous
         flow_f = dense_flow(prev_small, small, self._dis)  # previous -> this frame
-        ok = consistency_mask(flow_b, flow_f)
-        # Photometric check, robust to global flicker (the median difference is removed first).
-        diff = small.astype(np.float32) - warp(prev_small.astype(np.float32), flow_b)
-        diff -= np.median(diff)
+        ok = consistency_mask(flow_b, flow_f, grid=small_grid)
+        # Photometric check, robust to global flicker: the median difference is removed first.
+        diff = small.astype(np.float32) - warp(prev_small.astype(np.float32), flow_b, small_grid)
+        diff -= np.median(diff[::2, ::2])
         ok &= np.abs(diff) <= PHOTO_TOLERANCE * 2.55
         mask = cv2.blur(ok.astype(np.float32), (3, 3))
-        sh, sw = small.shape
         if (sh, sw) != (h, w):
             flow_b = cv2.resize(flow_b, (w, h), interpolation=cv2.INTER_LINEAR)
             flow_b[..., 0] *= w / sw
             flow_b[..., 1] *= h / sh
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        if self._grid is None or self._grid[0].shape != (h, w):
-            self._grid = _grid(h, w)
-        warped = warp(prev_ab, flow_b, self._grid)
-        weight = (self.strength * mask)[..., None]
-        return ab + weight * (warped - ab)
+        out = warp(prev_ab, flow_b, self._grid_for(h, w))
+        # out = ab + strength * mask * (warped - ab), in place.
+        mask *= self.strength
+        out -= ab
+        out *= mask[..., None]
+        out += ab
+        return out
+
+    def _grid_for(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        grid = self._grids.get((h, w))
+        if grid is None:
+            grid = self._grids[(h, w)] = _grid(h, w)
+        return grid
 
 
 # ---------------------------------------------------------------------------------------------
