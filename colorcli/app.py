@@ -321,6 +321,55 @@ def eval_(
     Console().print(table)
 
 
+trt_app = typer.Typer(help="TensorRT engine cache: build ahead of time, list, clear (backend unverified).")
+app.add_typer(trt_app, name="trt")
+
+
+@trt_app.command("build")
+def trt_build(
+    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    working_size: Annotated[int | None, typer.Option(min=16, max=4096, help="Working size to build for.")] = None,
+) -> None:
+    """Build (or check) the cached TensorRT engine for a model on this GPU."""
+    from engines.pipeline import load_colorizer
+    from engines.runtime import BackendUnavailable, select_backend
+
+    try:
+        get_spec(model)
+        load_colorizer(model, select_backend("tensorrt"), working_size=working_size)
+    except (UnknownEngineError, BackendUnavailable) as e:
+        _err(str(e))
+        raise typer.Exit(EXIT_USAGE) from None
+    typer.echo(f"TensorRT engine for {model} is cached")
+
+
+@trt_app.command("list")
+def trt_list() -> None:
+    """List cached TensorRT engines."""
+    from engines import trt_backend
+
+    entries = trt_backend.list_entries()
+    for path, header in entries:
+        if header is None:
+            typer.echo(f"{path.name}  (unreadable: will be rebuilt)")
+        else:
+            k = header["key"]
+            typer.echo(
+                f"{path.name}  TensorRT {k['tensorrt_version']}, {k['gpu']} (sm {k['compute_capability']}), "
+                f"{k['precision']}, max shape {k['profile']['max_shape']}, {header['size'] / 2**20:.1f} MiB"
+            )
+    if not entries:
+        typer.echo(f"no cached engines in {trt_backend.cache_dir()}")
+
+
+@trt_app.command("clear")
+def trt_clear() -> None:
+    """Remove cached TensorRT engines and the timing cache."""
+    from engines import trt_backend
+
+    typer.echo(f"removed {trt_backend.clear()} file(s) from {trt_backend.cache_dir()}")
+
+
 @app.command("export")
 def export(
     output: Annotated[Path, typer.Argument(help="Where to write the .onnx file.")],

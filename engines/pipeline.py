@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, regression
+from engines import checkpoint, classification, color, regression, trt_backend
 from engines.registry import get_spec
 from engines.runtime import Backend
 from engines.unet import UNet
@@ -132,4 +132,8 @@ def load_colorizer(
     if decode_options and ckpt.family != "classification":
         raise ValueError(f"decoding options apply to classification engines only, not {ckpt.family}")
     decode = partial(FAMILIES[ckpt.family], family_state=ckpt.family_state, **decode_options)
-    return Colorizer(ckpt.build_model(), working_size or ckpt.working_size, backend.device, name=model, decode=decode)
+    size = working_size or ckpt.working_size
+    net = ckpt.build_model()
+    if backend.name == "tensorrt":  # unverified path: see engines/trt_backend.py
+        net = trt_backend.engine_for(path, net, size)
+    return Colorizer(net, size, backend.device, name=model, decode=decode)

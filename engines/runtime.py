@@ -1,7 +1,8 @@
 """Backend selection: which device runs the engine, and why.
 
-``cpu`` and ``cuda`` are plain PyTorch. ``tensorrt`` is not part of this build yet (see the README's
-status table); asking for it is a clear error rather than a silent fallback.
+``cpu`` and ``cuda`` are plain PyTorch; ``tensorrt`` runs a TensorRT engine built from the ONNX
+export (``engines.trt_backend``, unverified: TensorRT cannot be installed on our machines).
+``auto`` tries TensorRT, then CUDA, then CPU, and records why it skipped each.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from engines import trt_backend
 
 BACKENDS = ("auto", "cpu", "cuda", "tensorrt")
 
@@ -31,22 +34,24 @@ def _cuda_problem() -> str | None:
     return None
 
 
-_TENSORRT_PROBLEM = "the TensorRT backend is not part of this build yet"
-
-
 def select_backend(name: str) -> Backend:
     if name not in BACKENDS:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of: {', '.join(BACKENDS)}")
     if name == "cpu":
         return Backend("cpu", torch.device("cpu"), ("cpu: requested",))
+    trt_problem = trt_backend.unavailable_reason()
     if name == "tensorrt":
-        raise BackendUnavailable(f"tensorrt backend unavailable: {_TENSORRT_PROBLEM}")
+        if trt_problem:
+            raise BackendUnavailable(f"tensorrt backend unavailable: {trt_problem}")
+        return Backend("tensorrt", torch.device("cuda"), ("tensorrt: requested (unverified backend)",))
+    if trt_problem is None:
+        return Backend("tensorrt", torch.device("cuda"), ("tensorrt picked (unverified backend)",))
     problem = _cuda_problem()
     if name == "cuda":
         if problem:
             raise BackendUnavailable(f"cuda backend unavailable: {problem}")
         return Backend("cuda", torch.device("cuda"), ("cuda: requested",))
-    notes = [f"tensorrt skipped: {_TENSORRT_PROBLEM}"]
+    notes = [f"tensorrt skipped: {trt_problem}"]
     if problem is None:
         return Backend("cuda", torch.device("cuda"), (*notes, f"cuda picked: {torch.cuda.get_device_name()}"))
     notes.append(f"cuda skipped: {problem}")
