@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, regression, trt_backend
+from engines import checkpoint, classification, color, gan, regression, trt_backend
 from engines.registry import get_spec
 from engines.runtime import Backend
 from engines.unet import UNet
@@ -24,6 +24,7 @@ from engines.unet import UNet
 FAMILIES: dict[str, Callable[..., torch.Tensor]] = {
     "regression": regression.decode,
     "classification": classification.decode,
+    "gan": gan.decode,
 }
 
 # Rows per band when converting back to RGB, so a very large photo needs bounded extra memory.
@@ -67,6 +68,8 @@ class Colorizer:
         name: str = "custom",
         guided: bool = True,
         decode: Callable[[torch.Tensor], torch.Tensor] = color.denormalize_ab,
+        noise_input: bool = False,
+        seed: int = 0,
     ):
         self.model = model.to(device).eval()
         self.decode = decode  # raw network output -> ab in CIELAB units
@@ -74,6 +77,9 @@ class Colorizer:
         self.device = device
         self.name = name
         self.guided = guided
+        # GAN generators with a noise channel: the seed picks one of the plausible colourings.
+        self.noise_input = noise_input
+        self.seed = seed
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
@@ -90,7 +96,10 @@ class Colorizer:
         m = self.model.multiple
         ph, pw = (-sh) % m, (-sw) % m
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
-        l_in = F.pad(color.normalize_l(l_small), (0, pw, 0, ph), mode="replicate").to(self.device)
+        l_in = F.pad(color.normalize_l(l_small), (0, pw, 0, ph), mode="replicate")
+        if self.noise_input:
+            l_in = torch.cat((l_in, gan.noise_like(l_in, self.seed)), dim=1)
+        l_in = l_in.to(self.device)
         ab_work = self.decode(self.model(l_in).float().cpu())
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
@@ -136,4 +145,5 @@ def load_colorizer(
     net = ckpt.build_model()
     if backend.name == "tensorrt":  # unverified path: see engines/trt_backend.py
         net = trt_backend.engine_for(path, net, size)
-    return Colorizer(net, size, backend.device, name=model, decode=decode)
+    noise = ckpt.arch.in_channels == 2
+    return Colorizer(net, size, backend.device, name=model, decode=decode, noise_input=noise)

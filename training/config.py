@@ -26,6 +26,13 @@ class TrainConfig:
     huber_delta: float = 0.1
     # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it, else the prior/uniform mix.
     rebalance_lambda: float = 0.0
+    # GAN (family = "gan"): adversarial loss, weight of the L1/L2 term (``loss`` picks which; on normalised
+    # ab, as pix2pix's lambda 100 on [-1, 1] images), generator-only pre-training steps, noise input.
+    gan_loss: str = "lsgan"  # "bce", "lsgan" or "wgan-gp"
+    gan_recon_weight: float = 100.0
+    gan_pretrain_steps: int = 1000
+    gan_noise: bool = True
+    critic_lr: float = 2e-4
     # Optimisation
     batch_size: int = 64
     lr: float = 2e-3
@@ -55,8 +62,10 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     cfg = replace(TrainConfig(), **values)
     if len(cfg.sources) != len(cfg.source_sizes):
         raise ValueError("sources and source_sizes must have the same length")
-    if cfg.family not in ("regression", "classification"):
-        raise ValueError(f"family must be regression or classification, not {cfg.family!r}")
+    if cfg.family not in ("regression", "classification", "gan"):
+        raise ValueError(f"family must be regression, classification or gan, not {cfg.family!r}")
+    if cfg.gan_loss not in ("bce", "lsgan", "wgan-gp"):
+        raise ValueError(f"gan_loss must be bce, lsgan or wgan-gp, not {cfg.gan_loss!r}")
     if cfg.norm not in ("batch", "group"):
         raise ValueError(f"norm must be batch or group, not {cfg.norm!r}")
     if cfg.batch_size % int(os.environ.get("WORLD_SIZE", "1")):

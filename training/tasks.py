@@ -8,7 +8,7 @@ import math
 import torch
 from torch.nn import functional as F
 
-from engines import classification, color
+from engines import classification, color, gan
 from engines.metrics import ab_bin_index, rebalance_weights
 from engines.unet import UNet, UNetConfig
 from training import distributed
@@ -153,3 +153,112 @@ class ClassificationTask(_SingleNetworkTask):
 
 
 TASKS = {"regression": RegressionTask, "classification": ClassificationTask}
+
+
+class GanTask(_SingleNetworkTask):
+    """pix2pix: U-Net generator (optionally with a noise channel) against a 70x70 PatchGAN critic on Lab.
+
+    The first ``gan_pretrain_steps`` steps train the generator alone on the reconstruction term (L1 or
+    L2 by ``loss``), so that the critic starts against plausible colours rather than noise. Then each
+    step updates the critic once and the generator once (adversarial + ``gan_recon_weight`` x
+    reconstruction). ``self.model`` is the generator: it is what gets exported and shipped.
+    """
+
+    family = "gan"
+
+    def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
+        arch = UNetConfig(in_channels=2 if cfg.gan_noise else 1, widths=cfg.widths, norm=cfg.norm)
+        super().__init__(cfg, arch, ab_prior)
+        self.critic = gan.PatchCritic()
+        # Adam betas (0.5, 0.999) as in pix2pix/DCGAN; WGAN-GP's paper uses (0, 0.9).
+        betas = (0.0, 0.9) if cfg.gan_loss == "wgan-gp" else (0.5, 0.999)
+        self.opt_d = torch.optim.Adam(self.critic.parameters(), lr=cfg.critic_lr, betas=betas)
+        self.critic_net: torch.nn.Module = self.critic
+        self.steps = 0
+
+    def place(self, info: distributed.DistInfo) -> None:
+        super().place(info)
+        self.critic.to(self.device)
+        self.critic_net = distributed.wrap(self.critic, info)
+
+    def _generator_input(self, l_norm: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.gan_noise:
+            return l_norm
+        return torch.cat((l_norm, torch.randn_like(l_norm)), dim=1)
+
+    def _recon(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (pred - target).square().mean() if self.cfg.loss == "l2" else (pred - target).abs().mean()
+
+    def _adversarial(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
+        if self.cfg.gan_loss == "bce":
+            target = torch.ones_like(scores) if real else torch.zeros_like(scores)
+            return F.binary_cross_entropy_with_logits(scores, target)
+        if self.cfg.gan_loss == "lsgan":
+            return (scores - (1.0 if real else 0.0)).square().mean()
+        return -scores.mean() if real else scores.mean()  # WGAN: critic maximises real - fake
+
+    def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+        eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)
+        mix = (eps * real + (1 - eps) * fake).requires_grad_(True)
+        (grad,) = torch.autograd.grad(self.critic_net(mix).sum(), mix, create_graph=True)
+        return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+    def step(self, rgb: torch.Tensor) -> dict[str, float]:
+        self.net.train()
+        self.critic_net.train()
+        lab = color.rgb_to_lab(rgb.to(self.device, non_blocking=True))
+        l_norm, ab_norm = color.normalize_l(lab[:, :1]), color.normalize_ab(lab[:, 1:])
+        fake_ab = self.net(self._generator_input(l_norm)).float()
+        self.steps += 1
+        scalars: dict[str, float] = {}
+        if self.steps > self.cfg.gan_pretrain_steps:
+            real, fake = torch.cat((l_norm, ab_norm), 1), torch.cat((l_norm, fake_ab.detach()), 1)
+            d_loss = self._adversarial(self.critic_net(real), True) + self._adversarial(self.critic_net(fake), False)
+            if self.cfg.gan_loss == "wgan-gp":
+                d_loss = d_loss + 10.0 * self._gradient_penalty(real, fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            scalars["critic_loss"] = float(d_loss.detach())
+            g_adv = self._adversarial(self.critic_net(torch.cat((l_norm, fake_ab), 1)), True)
+        else:
+            g_adv = torch.zeros((), device=self.device)
+        recon = self._recon(fake_ab, ab_norm)
+        loss = g_adv + self.cfg.gan_recon_weight * recon
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        scalars.update(loss=float(loss.detach()), recon=float(recon.detach()), g_adv=float(g_adv.detach()))
+        scalars["lr"] = self.sched.get_last_lr()[0]
+        return scalars
+
+    def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:  # pragma: no cover - step() overrides
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        l_norm = color.normalize_l(l.to(self.device))
+        x = torch.cat((l_norm, gan.noise_like(l_norm, seed=0)), 1) if self.cfg.gan_noise else l_norm
+        return color.denormalize_ab(self.model(x).float()).cpu()
+
+    def decode(self, raw: torch.Tensor) -> torch.Tensor:
+        return color.denormalize_ab(raw)
+
+    def state_dict(self) -> dict:
+        return {
+            **super().state_dict(),
+            "critic": self.critic.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "steps": self.steps,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        super().load_state_dict(state)
+        self.critic.load_state_dict(state["critic"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.steps = int(state["steps"])
+
+
+TASKS["gan"] = GanTask
