@@ -89,6 +89,8 @@ class RunOptions:
     weights: Path | None
     verbose: bool
     decode_options: dict = field(default_factory=dict)
+    samples: int = 1
+    seed: int = 0
 
 
 @app.command("run")
@@ -125,6 +127,12 @@ def run(
         float | None,
         typer.Option(min=0.01, max=10.0, help="Classification engines: annealed-mean temperature (default 0.38)."),
     ] = None,
+    samples: Annotated[
+        int, typer.Option(min=1, max=100, help="Engines with a noise input (GAN): write N colourings, <name>_1 ... _N.")
+    ] = 1,
+    seed: Annotated[
+        int, typer.Option(help="Engines with a noise input: which colouring (the first of --samples).")
+    ] = 0,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")
     ] = False,
@@ -151,6 +159,8 @@ def run(
         weights,
         verbose,
         decode_options,
+        samples,
+        seed,
     )
     raise typer.Exit(_run(inputs, opts))
 
@@ -181,6 +191,10 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     except (CheckpointError, OSError, ValueError) as e:
         _err(f"cannot load model: {e}")
         return EXIT_USAGE
+    colorizer.seed = opts.seed
+    if opts.samples > 1 and not colorizer.noise_input:
+        _err(f"--samples needs an engine with a noise input (a GAN engine); {opts.model} has none")
+        return EXIT_USAGE
 
     failed = 0
     with _progress(len(jobs), enabled=sys.stderr.isatty() and not opts.json_out) as advance:
@@ -188,7 +202,7 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
             seconds = 0.0
             if job.error is None:
                 t0 = time.perf_counter()
-                job.error = _colorize_one(colorizer, job, opts.overwrite, opts.quality)
+                job.error = _colorize_one(colorizer, job, opts)
                 seconds = time.perf_counter() - t0
             failed += job.error is not None
             if opts.json_out:
@@ -199,6 +213,9 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
                     "error": job.error,
                     "seconds": round(seconds, 4),
                 }
+                if opts.samples > 1 and job.error is None:
+                    record["outputs"] = [str(p) for p in _sample_paths(Path(job.output), opts.samples)]
+                    record["output"] = record["outputs"][0]
                 typer.echo(json.dumps(record))
             elif job.error is not None:
                 _err(f"{job.input}: {job.error}")
@@ -210,19 +227,28 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _colorize_one(colorizer, job: Job, overwrite: bool, quality: int) -> str | None:
-    """Colour one file; return None on success, else a one-line reason."""
+def _sample_paths(out: Path, samples: int) -> list[Path]:
+    if samples == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}_{k}{out.suffix}") for k in range(1, samples + 1)]
+
+
+def _colorize_one(colorizer, job: Job, opts: RunOptions) -> str | None:
+    """Colour one file (``opts.samples`` colourings); return None on success, else a one-line reason."""
     from engines.photo_io import PhotoError, read_photo, write_photo
 
     assert job.output is not None
-    out = Path(job.output)
-    if out.exists() and not overwrite:
-        return f"output {out} exists (use --overwrite to replace it)"
+    outs = _sample_paths(Path(job.output), opts.samples)
+    for out in outs:
+        if out.exists() and not opts.overwrite:
+            return f"output {out} exists (use --overwrite to replace it)"
     try:
         photo = read_photo(Path(job.input))
-        rgb = colorizer.colorize(photo.rgb)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=quality)
+        for k, out in enumerate(outs):
+            colorizer.seed = opts.seed + k
+            rgb = colorizer.colorize(photo.rgb)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=opts.quality)
     except PhotoError as e:
         return str(e)
     except OSError as e:  # e.g. the output folder cannot be created
