@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-# Files picked up when a folder is given. An explicitly named file is always attempted.
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
-# Suffixes we can write; any other input suffix is written as PNG.
-OUTPUT_SUFFIXES = IMAGE_SUFFIXES
+from engines.formats import IMAGE_SUFFIXES, VIDEO_OUTPUT_FORMATS, VIDEO_SUFFIXES
+
+# Folders yield these; an explicitly named file is always attempted. Outputs keep the input's
+# suffix where it can be written; any other photo is written as PNG, any other film as MP4.
 OUTPUT_TAG = "_color"
 
 
@@ -19,6 +19,7 @@ class Job:
     input: str  # as the user named it (or as found in a folder)
     output: str | None
     error: str | None = None
+    notes: list[str] = field(default_factory=list)  # things worth saying that are not errors
 
 
 def _is_glob(arg: str) -> bool:
@@ -27,7 +28,9 @@ def _is_glob(arg: str) -> bool:
 
 def _folder_images(folder: Path, recursive: bool) -> list[Path]:
     found = folder.rglob("*") if recursive else folder.iterdir()
-    images = sorted(p for p in found if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    images = sorted(
+        p for p in found if (p.suffix.lower() in IMAGE_SUFFIXES or p.suffix.lower() in VIDEO_SUFFIXES) and p.is_file()
+    )
     # A second run over the same folder must not colour the first run's outputs.
     present = set(images)
     return [p for p in images if not (p.stem.endswith(OUTPUT_TAG) and _source_of(p) in present)]
@@ -39,7 +42,9 @@ def _source_of(p: Path) -> Path:
 
 def _output_name(name: str) -> str:
     p = Path(name)
-    return str(p if p.suffix.lower() in OUTPUT_SUFFIXES else p.with_suffix(".png"))
+    if p.suffix.lower() in VIDEO_SUFFIXES:
+        return str(p if p.suffix.lower() in VIDEO_OUTPUT_FORMATS else p.with_suffix(".mp4"))
+    return str(p if p.suffix.lower() in IMAGE_SUFFIXES else p.with_suffix(".png"))
 
 
 def expand(args: list[str], output: str | None, recursive: bool) -> list[Job]:

@@ -146,3 +146,23 @@ def lab_to_rgb_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6)
 
 def _in_gamut(rgb: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
     return ((rgb >= -tol) & (rgb <= 1 + tol)).all(dim=-3, keepdim=True)
+
+
+_LINEAR_U8: dict[torch.dtype, torch.Tensor] = {}
+
+
+def rgb_u8_to_lightness(rgb_u8: torch.Tensor) -> torch.Tensor:
+    """CIELAB L of 8-bit sRGB, ``(..., 3, H, W)`` uint8 -> ``(..., 1, H, W)`` float32, equal to
+    ``rgb_to_lightness(rgb_u8 / 255)``.
+
+    The sRGB linearisation is looked up for the 256 possible values instead of computed per pixel:
+    several times faster on a video frame, the same numbers up to float rounding.
+    """
+    lut = _LINEAR_U8.get(torch.float32)
+    if lut is None:
+        lut = _LINEAR_U8[torch.float32] = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255).float()
+    lin = lut[rgb_u8.long()]
+    r, g, b = lin.unbind(-3)
+    wr, wg, wb = _RGB_TO_XYZ[1]
+    y = (wr * r + wg * g + wb * b).unsqueeze(-3)
+    return torch.where(y > _EPS, 116 * y.clamp(min=_EPS) ** (1 / 3) - 16, _KAPPA * y)

@@ -235,3 +235,25 @@ def test_samples_and_seed_with_a_gan_checkpoint(tmp_path):
     r = invoke(src, "--weights", weights, "--seed", "8", "-o", tmp_path / "single.png")
     assert r.exit_code == 0
     np.testing.assert_array_equal(cv2.imread(str(tmp_path / "single.png")), imgs[1])  # seed 7 + 1
+
+
+def test_films_go_through_the_video_pipeline(tmp_path):
+    from tests.test_video import make_clip, video_pts
+
+    clip = tmp_path / "film.mov"
+    make_clip(clip, n=12, size=(64, 48), audio="aac")
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(clip.read_bytes()[:300])
+    r = invoke(clip, bad, "-o", tmp_path / "out", "--json", "--smoothing", "flow", "--crf", "20")
+    assert r.exit_code == 1
+    recs = {Path(rec["input"]).name: rec for rec in map(json.loads, r.stdout.splitlines())}
+    assert recs["film.mov"]["status"] == "ok" and recs["film.mov"]["output"].endswith("film.mov")
+    assert recs["broken.mp4"]["status"] == "error" and "\n" not in recs["broken.mp4"]["error"]
+    pts_in, tb_in = video_pts(clip)
+    pts_out, tb_out = video_pts(tmp_path / "out" / "film.mov")
+    assert len(pts_out) == len(pts_in) == 12
+    assert [p * tb_out for p in pts_out] == [p * tb_in for p in pts_in]
+    # Default output name for a film, and the existing-output rule.
+    assert invoke(clip).exit_code == 0 and (tmp_path / "film_color.mov").is_file()
+    r = invoke(clip)
+    assert r.exit_code == 1 and "--overwrite" in r.stderr

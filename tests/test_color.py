@@ -427,3 +427,12 @@ def test_keep_lightness_zero_ab_is_gray():
     l = torch.linspace(0, 100, 11, dtype=torch.float64).view(1, 1, 11)
     out = C.lab_to_rgb_keep_lightness(l, torch.zeros(2, 1, 11, dtype=torch.float64))
     torch.testing.assert_close(out, C.lightness_to_rgb_gray(l).clamp(0, 1), rtol=0, atol=1e-9)
+
+
+def test_rgb_u8_to_lightness_matches_the_float_path():
+    g = torch.Generator().manual_seed(11)
+    rgb_u8 = torch.randint(0, 256, (2, 3, 17, 23), generator=g, dtype=torch.uint8)
+    fast = C.rgb_u8_to_lightness(rgb_u8)
+    ref = C.rgb_to_lightness(rgb_u8.double() / 255)
+    assert fast.dtype == torch.float32 and fast.shape == (2, 1, 17, 23)
+    torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-4)

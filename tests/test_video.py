@@ -1,0 +1,568 @@
+"""The video pipeline (engines.video) and temporal consistency (engines.temporal), on tiny clips made here."""
+
+from __future__ import annotations
+
+import threading
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from engines import color, temporal
+from engines.pipeline import Colorizer
+from engines.unet import UNet, UNetConfig
+from engines.video import (
+    VideoError,
+    VideoOptions,
+    colorize_video,
+    compose_rgb,
+    is_video,
+    lightness_of_rgb_u8,
+)
+
+NTSC = Fraction(30000, 1001)
+FAST = VideoOptions(crf=1, batch_size=4)
+
+
+# --- clips ------------------------------------------------------------------------------------
+
+
+def _texture(rng: np.random.Generator, h: int, w: int, colour: bool = True) -> np.ndarray:
+    """A smooth random RGB float image (H, W, 3) in [0, 1]: blobs that optical flow can follow."""
+    small = rng.random((max(2, h // 8), max(2, w // 8), 3 if colour else 1)).astype(np.float32)
+    t = torch.from_numpy(small).permute(2, 0, 1)[None]
+    big = torch.nn.functional.interpolate(t, size=(h, w), mode="bicubic", align_corners=False)[0].permute(1, 2, 0)
+    img = big.clamp(0, 1).numpy()
+    return np.repeat(img, 3, axis=2) if not colour else img
+
+
+def make_clip(
+    path: Path,
+    frames: list[np.ndarray] | None = None,
+    n: int = 12,
+    size: tuple[int, int] = (64, 48),
+    rate: Fraction = NTSC,
+    time_base: Fraction = Fraction(1, 30000),
+    pts: list[int] | None = None,
+    audio: str | None = None,
+    rotation: float | None = None,
+    codec: str = "libx264",
+    pix_fmt: str = "yuv420p",
+    seed: int = 0,
+    fmt: str | None = None,
+) -> list[int]:
+    """Write a clip (frames: uint8 RGB (H, W, 3)); returns the video pts written."""
+    w, h = size
+    if frames is None:
+        rng = np.random.default_rng(seed)
+        base = _texture(rng, h, w)
+        frames = [(np.roll(base, i, axis=1) * 255).round().astype(np.uint8) for i in range(n)]
+    step = round(1 / (rate * time_base))
+    pts = pts if pts is not None else [i * step for i in range(len(frames))]
+    with av.open(str(path), "w", format=fmt) as out:
+        v = out.add_stream(codec, rate=rate)
+        v.width, v.height, v.pix_fmt = w, h, pix_fmt
+        v.time_base = v.codec_context.time_base = time_base
+        if codec == "libx264":
+            v.options = {"crf": "1"}
+        if rotation is not None:
+            v.set_display_rotation(rotation)
+        a = None
+        if audio:
+            a = out.add_stream(audio, rate=48000)
+            a.layout = "stereo"
+        for i, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format=pix_fmt)
+            frame.pts, frame.time_base = pts[i], time_base
+            frame.duration = (pts[i + 1] - pts[i]) if i + 1 < len(pts) else step
+            for p in v.encode(frame):
+                out.mux(p)
+        if a is not None:
+            seconds = (pts[-1] + step) * time_base
+            fmt, dtype = ("fltp", np.float32) if audio != "pcm_s16le" else ("s16p", np.int16)
+            scale = 0.3 if dtype == np.float32 else 8000
+            for k in range(int(seconds * 48000) // 1024):
+                t = (np.arange(1024) + k * 1024) / 48000
+                samples = (np.sin(2 * np.pi * 440 * t) * scale).astype(dtype)
+                af = av.AudioFrame.from_ndarray(np.stack([samples, samples]), format=fmt, layout="stereo")
+                af.sample_rate, af.pts, af.time_base = 48000, k * 1024, Fraction(1, 48000)
+                for p in a.encode(af):
+                    out.mux(p)
+            for p in a.encode(None):
+                out.mux(p)
+        for p in v.encode(None):
+            out.mux(p)
+    return pts
+
+
+def decode_rgb(path: Path) -> list[np.ndarray]:
+    """Frames as float32 RGB (H, W, 3) in [0, 1], converted with the stream's declared matrix/range."""
+    out = []
+    with av.open(str(path)) as c:
+        for f in c.decode(video=0):
+            cs = (
+                av.video.reformatter.Colorspace.ITU709
+                if int(f.colorspace) == 1
+                else av.video.reformatter.Colorspace.ITU601
+            )
+            rgb = f.to_ndarray(format="rgb24", src_colorspace=cs, src_color_range=f.color_range or 1)
+            out.append(rgb.astype(np.float32) / 255)
+    return out
+
+
+def video_pts(path: Path) -> tuple[list[int], Fraction]:
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [f.pts for f in c.decode(s)], s.time_base
+
+
+def lab(rgb: np.ndarray) -> np.ndarray:
+    return color.rgb_to_lab(torch.from_numpy(rgb).permute(2, 0, 1)).permute(1, 2, 0).numpy()
+
+
+def tiny_engine() -> Colorizer:
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(widths=(8, 16, 32, 64)))
+    torch.nn.init.normal_(model.head.weight, std=0.5)
+    return Colorizer(model.eval(), 64, torch.device("cpu"))
+
+
+def constant_ab(a: float, b: float):
+    def predict(l: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = l.shape
+        return torch.tensor([a, b], dtype=torch.float32).view(1, 2, 1, 1).expand(n, 2, h, w).clone()
+
+    return predict
+
+
+def no_temp_files(folder: Path) -> bool:
+    return not [p for p in folder.iterdir() if ".tmp-" in p.name]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Colorizer:
+    return tiny_engine()
+
+
+# --- timing -----------------------------------------------------------------------------------
+
+
+def test_frames_pts_time_base_rate_and_duration_are_kept(tmp_path, engine):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    pts = make_clip(src, n=15, audio="aac")
+    report = colorize_video(src, dst, engine.predict_ab, FAST)
+    assert report.frames == 15 and report.corrupt_frames_bridged == 0
+    out_pts, tb = video_pts(dst)
+    assert tb == Fraction(1, 30000)
+    assert out_pts == pts
+    with av.open(str(src)) as a, av.open(str(dst)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        assert vb.average_rate == NTSC  # the rational, not 29.97 or 30
+        assert vb.frames == 15
+        assert vb.duration == va.duration
+        assert b.duration == a.duration
+
+
+def test_variable_frame_rate_survives(tmp_path):
+    src, dst = tmp_path / "vfr.mp4", tmp_path / "out.mp4"
+    pts = [0, 33, 70, 100, 180, 190, 260, 400, 433, 466]
+    make_clip(src, n=len(pts), rate=Fraction(25), time_base=Fraction(1, 1000), pts=pts)
+    colorize_video(src, dst, constant_ab(10, 10), FAST)
+    in_pts, in_tb = video_pts(src)
+    out_pts, tb = video_pts(dst)
+    assert [p * in_tb for p in in_pts] == [Fraction(p, 1000) for p in pts]
+    # MP4 raised the time base to 1/16000 (its muxer wants at least 10000 ticks per second): same times.
+    assert [p * tb for p in out_pts] == [Fraction(p, 1000) for p in pts]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mkv", ".mov"])
+def test_containers_and_odd_sizes(tmp_path, suffix):
+    src, dst = tmp_path / "odd.mov", tmp_path / f"out{suffix}"
+    make_clip(src, n=8, size=(65, 47), pix_fmt="yuv444p")
+    report = colorize_video(src, dst, constant_ab(20, -10), FAST)
+    frames = decode_rgb(dst)
+    assert len(frames) == 8 and frames[0].shape == (47, 65, 3)
+    in_pts, in_tb = video_pts(src)
+    out_pts, tb = video_pts(dst)
+    if suffix == ".mkv":  # Matroska stores milliseconds
+        assert tb == Fraction(1, 1000) and out_pts == [round(p * in_tb * 1000) for p in in_pts]
+    else:
+        assert tb == in_tb and out_pts == in_pts
+    assert any("yuv444p" in n for n in report.notes)
+
+
+def test_rotation_is_kept(tmp_path):
+    src, dst = tmp_path / "rot.mp4", tmp_path / "out.mov"
+    make_clip(src, n=4, rotation=90)
+    colorize_video(src, dst, constant_ab(0, 0), FAST)
+    with av.open(str(dst)) as c:
+        assert next(c.decode(video=0)).rotation == 90
+
+
+# --- other streams ------------------------------------------------------------------------------
+
+
+def _packets(path: Path, kind: str) -> list[tuple[bytes, int, int]]:
+    with av.open(str(path)) as c:
+        s = getattr(c.streams, kind)[0]
+        return [(bytes(p), p.pts, p.dts) for p in c.demux(s) if p.size]
+
+
+@pytest.mark.parametrize("suffix", [".mp4", ".mov"])
+def test_audio_packets_are_copied_bit_exact(tmp_path, suffix):
+    src, dst = tmp_path / "in.mp4", tmp_path / f"out{suffix}"
+    make_clip(src, n=12, audio="aac")
+    report = colorize_video(src, dst, constant_ab(5, 5), FAST)
+    assert report.copied_streams == ["audio 1 (aac)"] and report.reencoded_streams == []
+    before, after = _packets(src, "audio"), _packets(dst, "audio")
+    assert len(before) > 10 and after == before
+
+
+def test_audio_in_matroska_keeps_bytes(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mkv"
+    make_clip(src, n=12, audio="aac")
+    colorize_video(src, dst, constant_ab(5, 5), FAST)
+    assert [p[0] for p in _packets(dst, "audio")] == [p[0] for p in _packets(src, "audio")]
+
+
+def test_pcm_is_reencoded_for_mp4_and_copied_to_mov(tmp_path):
+    src = tmp_path / "pcm.mov"
+    make_clip(src, n=12, audio="pcm_s16le")
+    report = colorize_video(src, tmp_path / "out.mp4", constant_ab(5, 5), FAST)
+    assert report.copied_streams == [] and report.reencoded_streams[0].startswith("audio 1 (pcm_s16le -> aac)")
+    with av.open(str(tmp_path / "out.mp4")) as c:
+        assert c.streams.audio[0].codec_context.name == "aac"
+        assert sum(f.samples for f in c.decode(audio=0)) >= 48000 * 12 // 30 - 2048
+    report = colorize_video(src, tmp_path / "out.mov", constant_ab(5, 5), FAST)
+    assert report.copied_streams == ["audio 1 (pcm_s16le)"]
+    assert _packets(tmp_path / "out.mov", "audio") == _packets(src, "audio")
+
+
+def test_subtitles_are_converted_where_the_container_needs_it(tmp_path):
+    from av.subtitles.subtitle import SubtitleSet
+
+    src = tmp_path / "subs.mp4"
+    with av.open(str(src), "w") as out:
+        v = out.add_stream("libx264", rate=24)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        t = out.add_stream("mov_text")
+        t.codec_context.subtitle_header = b"[Script Info]\nScriptType: v4.00+\n\n[Events]\n"
+        t.time_base = t.codec_context.time_base = Fraction(1, 1000)
+        for i in range(12):
+            f = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 * i, np.uint8), format="rgb24")
+            f.pts = i
+            for p in v.encode(f):
+                out.mux(p)
+        sub = t.codec_context.encode_subtitle(SubtitleSet.create(b"0,0,Default,,0,0,0,,hello", 0, 200, 0))
+        sub.pts = sub.dts = 0
+        sub.duration, sub.time_base, sub.stream = 200, Fraction(1, 1000), t
+        out.mux(sub)
+        for p in v.encode(None):
+            out.mux(p)
+    report = colorize_video(src, tmp_path / "out.mkv", constant_ab(5, 5), FAST)
+    assert report.reencoded_streams == ["subtitle 1 (mov_text -> ass): mkv cannot hold mov_text"]
+    with av.open(str(tmp_path / "out.mkv")) as c:
+        s = c.streams.subtitles[0]
+        texts = [r.ass for p in c.demux(s) if p.size for sub in [s.codec_context.decode2(p)] if sub for r in sub]
+        assert s.codec_context.name in ("ass", "ssa") and any(b"hello" in t for t in texts)
+    report = colorize_video(src, tmp_path / "out.mp4", constant_ab(5, 5), FAST)
+    assert report.copied_streams == ["subtitle 1 (mov_text)"]
+
+
+# --- colour --------------------------------------------------------------------------------------
+
+
+def test_lightness_is_kept_and_colour_is_tagged(tmp_path, engine):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, n=6)
+    colorize_video(src, dst, engine.predict_ab, FAST)
+    before, after = decode_rgb(src), decode_rgb(dst)
+    dl = np.abs(lab(after[3])[..., 0] - lab(before[3])[..., 0])
+    assert dl.mean() < 1.5
+    chroma = np.hypot(*lab(after[3])[..., 1:].transpose(2, 0, 1))
+    assert chroma.mean() > 3  # the engine did colour it
+    with av.open(str(dst)) as c:
+        cc = c.streams.video[0].codec_context
+        assert (int(cc.colorspace), int(cc.color_range), int(cc.color_primaries), int(cc.color_trc)) == (1, 1, 1, 1)
+
+
+def test_colour_input_is_treated_as_gray(tmp_path, engine):
+    base = _texture(np.random.default_rng(3), 48, 64)
+    colour = [(np.roll(base, i, axis=0) * 255).round().astype(np.uint8) for i in range(6)]
+    gray = []
+    for rgb in colour:
+        l = color.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1).float() / 255)
+        g = color.lightness_to_rgb_gray(l).clamp(0, 1).permute(1, 2, 0).numpy()
+        gray.append((g * 255).round().astype(np.uint8))
+    # Lossless RGB input, so that both clips reach the pipeline with the same lightness.
+    make_clip(tmp_path / "colour.mkv", colour, codec="ffv1", pix_fmt="bgr0")
+    make_clip(tmp_path / "gray.mkv", gray, codec="ffv1", pix_fmt="bgr0")
+    colorize_video(tmp_path / "colour.mkv", tmp_path / "a.mp4", engine.predict_ab, FAST)
+    colorize_video(tmp_path / "gray.mkv", tmp_path / "b.mp4", engine.predict_ab, FAST)
+    a, b = decode_rgb(tmp_path / "a.mp4"), decode_rgb(tmp_path / "b.mp4")
+    assert np.abs(np.stack(a) - np.stack(b)).mean() < 1.5 / 255
+    # ... and the colour input's own colours are gone.
+    assert np.abs(np.stack(a) - np.stack(colour) / 255).mean() > 10 / 255
+
+
+def test_compose_rgb_matches_lab_to_rgb_keep_lightness(rng):
+    l = torch.from_numpy(rng.random((1, 40, 50), dtype=np.float32) * 100)
+    ab = torch.from_numpy(rng.normal(0, 60, (2, 40, 50)).astype(np.float32))  # many out of gamut
+    expected = color.lab_to_rgb_keep_lightness(l, ab)
+    assert torch.allclose(compose_rgb(l, ab), expected, atol=1e-6)
+
+
+def test_gray_lightness_shortcut_matches_the_formula(rng):
+    gray = np.repeat(rng.integers(0, 256, (30, 40, 1), dtype=np.uint8), 3, axis=2)
+    expected = color.rgb_to_lightness(torch.from_numpy(gray).permute(2, 0, 1).float() / 255)
+    assert torch.allclose(lightness_of_rgb_u8(gray), expected, atol=1e-4)
+
+
+# --- temporal smoothing ------------------------------------------------------------------------
+
+
+def _flicker(seed: int = 0, amplitude: float = 15.0):
+    """A predict_ab that colours every frame uniformly, with a random per-frame offset (flicker)."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def predict(l: torch.Tensor) -> torch.Tensor:
+        n, _, h, w = l.shape
+        ab = torch.tensor([20.0, 10.0]).view(1, 2, 1, 1) + amplitude * torch.randn(n, 2, 1, 1, generator=gen)
+        return ab.expand(n, 2, h, w).clone()
+
+    return predict
+
+
+def _mean_ab(path: Path) -> np.ndarray:
+    return np.stack([lab(f)[8:-8, 8:-8, 1:].mean(axis=(0, 1)) for f in decode_rgb(path)])
+
+
+def test_smoothing_reduces_flicker_on_a_panning_clip(tmp_path):
+    src = tmp_path / "pan.mp4"
+    make_clip(src, n=24, size=(96, 64), seed=5)  # pans one pixel per frame
+    colorize_video(src, tmp_path / "off.mp4", _flicker(), VideoOptions(crf=1, smoothing="off"))
+    colorize_video(src, tmp_path / "on.mp4", _flicker(), VideoOptions(crf=1, smoothing="flow"))
+    jump_off = np.abs(np.diff(_mean_ab(tmp_path / "off.mp4"), axis=0)).mean()
+    jump_on = np.abs(np.diff(_mean_ab(tmp_path / "on.mp4"), axis=0)).mean()
+    assert jump_on < 0.5 * jump_off
+
+
+def test_smoothing_restarts_at_a_scene_cut(tmp_path):
+    rng = np.random.default_rng(7)
+    base = _texture(rng, 48, 64, colour=False) * 0.4
+    dark = (base * 255).round().astype(np.uint8)
+    bright = ((base + 0.5) * 255).round().astype(np.uint8)  # same picture, much brighter: a new shot
+    src = tmp_path / "cut.mp4"
+    make_clip(src, [dark] * 6 + [bright] * 6)
+
+    def by_brightness(l: torch.Tensor) -> torch.Tensor:
+        a = torch.where(l.mean(dim=(1, 2, 3)) < 50, 40.0, -40.0)  # dark shot red, bright shot green
+        return torch.stack([a, torch.zeros_like(a)], 1)[..., None, None].expand(-1, -1, *l.shape[-2:]).clone()
+
+    strong = VideoOptions(crf=1, strength=0.9)
+    report = colorize_video(src, tmp_path / "on.mp4", by_brightness, strong)
+    a_first_after_cut = _mean_ab(tmp_path / "on.mp4")[6, 0]
+    assert report.scene_cuts == 1 and a_first_after_cut < -30
+    # Control: without cut detection the old shot's colour does bleed into the new one.
+    never = VideoOptions(crf=1, strength=0.9, scene_cut_threshold=1.0)
+    colorize_video(src, tmp_path / "never.mp4", by_brightness, never)
+    assert _mean_ab(tmp_path / "never.mp4")[6, 0] > 0
+
+
+def test_smoother_state_and_identity():
+    rng = np.random.default_rng(0)
+    l = (_texture(rng, 40, 60, colour=False)[..., 0] * 100).astype(np.float32)
+    ab1, ab2 = np.full((40, 60, 2), 30, np.float32), np.full((40, 60, 2), -30, np.float32)
+    s = temporal.ChromaSmoother(strength=0.5)
+    assert np.array_equal(s.step(l, ab1), ab1)  # first frame: as predicted
+    out = s.step(l, ab2)  # static: half way (borders included, flow is zero)
+    assert np.allclose(out[5:-5, 5:-5], 0, atol=1.5)
+    off = temporal.ChromaSmoother(strength=0.0)
+    off.step(l, ab1)
+    assert np.array_equal(off.step(l, ab2), ab2)
+
+
+# --- warping error -----------------------------------------------------------------------------
+
+
+def test_warping_error_of_identical_static_frames_is_zero():
+    rng = np.random.default_rng(1)
+    frame = _texture(rng, 48, 64)
+    assert temporal.warping_error([frame] * 4, [frame] * 4) == 0.0
+
+
+def test_warping_error_with_exact_flow_of_a_shift_is_zero():
+    rng = np.random.default_rng(2)
+    a = _texture(rng, 48, 64)
+    b = np.roll(a, (2, -3), axis=(0, 1))  # b(x) = a(x - (dy, dx)), so a(x) = b(x + (dy, dx))
+    flow = np.zeros((48, 64, 2), np.float32)
+    flow[..., 0], flow[..., 1] = -3, 2
+    mask = np.zeros((48, 64), bool)
+    mask[:46, 3:] = True  # where x + flow stays inside the frame
+    assert temporal.pair_warping_error(a, b, flow, mask) < 1e-10
+    # A wrong flow gives a clearly larger error, so the check has teeth.
+    assert temporal.pair_warping_error(a, b, np.zeros_like(flow), mask) > 1e-3
+
+
+def test_warping_error_sees_flicker():
+    base = _texture(np.random.default_rng(4), 48, 64)
+    frames = [np.roll(base, i, axis=1) for i in range(4)]
+    steady = temporal.warping_error(frames, frames)
+    flicker = [np.clip(f * (1.0 + 0.2 * (i % 2)), 0, 1) for i, f in enumerate(frames)]
+    assert temporal.warping_error(flicker, frames) > 5 * steady + 1e-3
+
+
+def test_consistency_mask_flags_out_of_frame_motion():
+    flow = np.zeros((20, 30, 2), np.float32)
+    flow[..., 0] = 5  # everything moves 5 px right: the rightmost 5 columns leave the frame
+    mask = temporal.consistency_mask(flow, -flow)
+    assert mask[:, :25].all() and not mask[:, 26:].any()
+
+
+# --- errors and robustness ---------------------------------------------------------------------
+
+
+def test_broken_inputs_raise_one_line_errors(tmp_path):
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "text.mp4").write_text("this is not a film\n" * 10)
+    with av.open(str(tmp_path / "audio.m4a"), "w") as out:
+        a = out.add_stream("aac", rate=48000)
+        for k in range(10):
+            f = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            f.sample_rate, f.pts = 48000, k * 1024
+            for p in a.encode(f):
+                out.mux(p)
+    make_clip(tmp_path / "ok.mp4", n=4)
+    full = (tmp_path / "ok.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(full[: len(full) // 2])  # moov at the end: unreadable
+    cases = {
+        "missing.mp4": "file not found",
+        "empty.mp4": "empty file",
+        "text.mp4": "not a video",
+        "audio.m4a": "no video stream",
+        "cut.mp4": "not a video, or truncated",
+    }
+    for name, message in cases.items():
+        with pytest.raises(VideoError, match=message) as err:
+            colorize_video(tmp_path / name, tmp_path / "out.mp4", constant_ab(0, 0), FAST)
+        assert "\n" not in str(err.value) and str(tmp_path) not in str(err.value)
+    with pytest.raises(VideoError, match="unsupported output format: .avi"):
+        colorize_video(tmp_path / "ok.mp4", tmp_path / "out.avi", constant_ab(0, 0), FAST)
+    assert not (tmp_path / "out.mp4").exists() and no_temp_files(tmp_path)
+
+
+def test_corrupt_packets_are_bridged(tmp_path):
+    src = tmp_path / "in.mp4"
+    pts = make_clip(src, n=20)
+    data = bytearray(src.read_bytes())
+    with av.open(str(src)) as c:
+        packets = [(p.pos, p.size) for p in c.demux(video=0) if p.size]
+    rng = np.random.default_rng(0)
+    for pos, size in packets[8:10]:  # two packets in the middle
+        data[pos + 4 : pos + size] = rng.integers(0, 256, size - 4, dtype=np.uint8).tobytes()
+    bad = tmp_path / "bad.mp4"
+    bad.write_bytes(bytes(data))
+    report = colorize_video(bad, tmp_path / "out.mp4", constant_ab(10, 0), FAST)
+    assert report.frames == 20 and report.corrupt_frames_bridged >= 1
+    assert video_pts(tmp_path / "out.mp4")[0] == pts
+
+
+def test_truncated_stream_keeps_the_decodable_part(tmp_path):
+    src = tmp_path / "in.mkv"
+    make_clip(src, n=30)
+    data = src.read_bytes()
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    report = colorize_video(cut, tmp_path / "out.mp4", constant_ab(10, 0), FAST)
+    assert 5 < report.frames < 30
+    assert report.frames == len(video_pts(tmp_path / "out.mp4")[0])
+    assert any("truncated" in note for note in report.notes)
+
+
+def _run_with_timeout(fn, seconds: float = 60.0):
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "colorize_video hung"
+    return result
+
+
+def _workers_alive() -> list[str]:
+    time.sleep(0.05)
+    return [t.name for t in threading.enumerate() if t.name.startswith("colorize-video-")]
+
+
+def test_failure_midway_leaves_no_temp_file_and_dst_untouched(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, n=24)
+    dst.write_bytes(b"previous film")
+    calls = []
+
+    def failing(l: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("engine exploded")
+        return constant_ab(0, 0)(l)
+
+    result = _run_with_timeout(lambda: colorize_video(src, dst, failing, FAST))
+    assert isinstance(result.get("error"), RuntimeError) and "engine exploded" in str(result["error"])
+    assert dst.read_bytes() == b"previous film" and no_temp_files(tmp_path)
+    assert _workers_alive() == []
+
+
+@pytest.mark.parametrize("exc", [RuntimeError("progress broke"), KeyboardInterrupt()])
+def test_errors_in_the_calling_thread_stop_the_workers(tmp_path, exc):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, n=24)
+
+    def progress(done: int, total: int | None) -> None:
+        assert total == 24
+        if done == 5:
+            raise exc
+
+    result = _run_with_timeout(lambda: colorize_video(src, dst, constant_ab(0, 0), FAST, progress=progress))
+    assert type(result.get("error")) is type(exc)
+    assert not dst.exists() and no_temp_files(tmp_path)
+    assert _workers_alive() == []
+
+
+def test_progress_reports_every_frame(tmp_path):
+    src = tmp_path / "in.mp4"
+    make_clip(src, n=10)
+    seen = []
+    colorize_video(src, tmp_path / "out.mkv", constant_ab(0, 0), FAST, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 10) for i in range(1, 11)]
+
+
+def test_is_video(tmp_path):
+    from engines.photo_io import write_photo
+
+    make_clip(tmp_path / "film.mp4", n=3)
+    make_clip(tmp_path / "film.bin", n=3, fmt="matroska")  # no telling suffix: probed
+    write_photo(tmp_path / "photo.png", np.zeros((8, 8, 3), np.float32))
+    write_photo(tmp_path / "photo.jpg", np.zeros((8, 8, 3), np.float32))
+    (tmp_path / "notes.txt").write_text("hello")
+    assert is_video(tmp_path / "film.mp4") and is_video(tmp_path / "film.bin")
+    for name in ("photo.png", "photo.jpg", "notes.txt", "missing.mp4"):
+        assert not is_video(tmp_path / name), name
+    (tmp_path / "disguised.mp4").write_bytes((tmp_path / "photo.png").read_bytes())
+    assert not is_video(tmp_path / "disguised.mp4")
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError):
+        VideoOptions(smoothing="magic")
+    with pytest.raises(ValueError):
+        VideoOptions(strength=1.5)
