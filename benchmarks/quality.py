@@ -3,14 +3,17 @@
     python -m benchmarks.quality [--photos ../shared/data/photos-dev] [--engine regression ...]
         [--weights run/engine.pt ...] [--working-sizes 96 128 ...] [--out benchmarks/results]
 
-Each photo is reduced to its lightness, coloured by the engine through the same pipeline as the CLI
+The photos are split by sorted name: 0-99 for choosing settings (working size, soup mix), 100-199
+(the default) for reporting. Each photo is reduced to its lightness, coloured by the engine through the same pipeline as the CLI
 (working-size chroma upsampled onto full-resolution L) and compared with the original:
 - AuC: area under the cumulative ab-error curve, thresholds 0..150 (Zhang et al. 2016), pooled over
   all pixels; "rebal." weights each pixel by the inverse training-set prior of its true ab bin
-  (lambda 0). The prior comes from the recipe's training sources (needs ../shared/data).
+  (lambda 0), the shipped prior of ``colorize eval``;
+- PSNR (RGB), CIEDE2000, mean over photos;
 - colourfulness (Hasler and Suesstrunk 2003), mean over photos, beside the originals' mean;
 - mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding.
-Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out.
+Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out; the
+gallery shows every 25th photo of the sorted folder, a rule fixed before looking at any result.
 """
 
 from __future__ import annotations
@@ -25,26 +28,17 @@ import numpy as np
 import torch
 
 from engines import color
-from engines.metrics import AbErrorCurve, colourfulness, rebalance_weights
+from engines.evaluation import training_prior
+from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
 from engines.runtime import select_backend
-from training.config import load_recipe
-from training.data import load_source, split
-from training.loop import _prior
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def training_prior(recipe: Path) -> torch.Tensor:
-    cfg = load_recipe(recipe)
-    cache = Path(cfg.cache_dir).expanduser()
-    sets = [split(load_source(Path(s), n, cache), cfg.val_fraction)[0] for s, n in zip(cfg.sources, cfg.source_sizes)]
-    return _prior(sets)
-
-
-def load_photos(folder: Path, limit: int) -> dict[str, np.ndarray]:
-    paths = sorted(folder.glob("*.jpg"))[:limit]
+def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:
+    paths = sorted(folder.glob("*.jpg"))[start : start + limit]
     return {p.stem: cv2.imread(str(p))[..., ::-1].astype(np.float32) / 255 for p in paths}
 
 
@@ -54,7 +48,7 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
 
 def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
     curve = AbErrorCurve(weights)
-    colourful, dl, outputs = [], [], {}
+    colourful, dl, psnrs, de, outputs = [], [], [], [], {}
     for name, rgb in photos.items():
         out = colorize(rgb)
         out = np.round(out * 255) / 255  # what an 8-bit file would hold
@@ -63,12 +57,16 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         curve.update(lab_pred[1:], lab_true[1:])
         colourful.append(float(colourfulness(to_chw(out))))
         dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
+        psnrs.append(float(psnr(to_chw(out), to_chw(rgb))))
+        de.append(float(ciede2000(lab_pred, lab_true).mean()))
         outputs[name] = out
     return {
         "auc": curve.auc(),
         "auc_rebal": curve.auc_rebalanced(),
         "colourfulness": float(np.mean(colourful)),
         "dL": float(np.mean(dl)),
+        "psnr": float(np.mean(psnrs)),
+        "ciede2000": float(np.mean(de)),
     }, outputs
 
 
@@ -89,36 +87,35 @@ def gallery(rows: list[str], columns: dict[str, dict[str, np.ndarray]], path: Pa
         tiles.append(np.concatenate(row[:-1], axis=1))
     width = max(t.shape[1] for t in tiles)
     tiles = [np.pad(t, ((0, 4), (0, width - t.shape[1]), (0, 0)), constant_values=1) for t in tiles]
-    header = np.ones((28, width, 3), np.float32)
+    header = np.full((28, width, 3), 255, np.uint8)  # putText draws on 8-bit images only
     x = 0
     for label in columns:
         cv2.putText(header, label, (x + 4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
         x += round(tiles[0].shape[1] / len(columns))
-    img = np.concatenate([header, *tiles])
+    img = np.concatenate([header.astype(np.float32) / 255, *tiles])
     cv2.imwrite(str(path), np.round(img[..., ::-1] * 255).astype(np.uint8))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
-    p.add_argument("--limit", type=int, default=200)
+    p.add_argument("--start", type=int, default=100, help="first photo (sorted by name); 0-99 are for tuning")
+    p.add_argument("--limit", type=int, default=100)
     p.add_argument("--engine", nargs="*", default=list(ENGINES))
     p.add_argument("--weights", nargs="*", type=Path, default=[], help="extra checkpoints to evaluate")
     p.add_argument("--working-sizes", nargs="*", type=int, default=[], help="default: each engine's own")
-    p.add_argument("--recipe", type=Path, default=ROOT / "training" / "recipes" / "regression.toml")
-    p.add_argument("--gallery", nargs="*", default=["100075", "118035", "12003", "134052", "15088", "353013"])
+    p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
 
     torch.set_num_threads(2)
-    photos = load_photos(args.photos, args.limit)
-    weights = rebalance_weights(training_prior(args.recipe), lam=0.0)
+    photos = load_photos(args.photos, args.start, args.limit)
+    weights = rebalance_weights(training_prior(), lam=0.0)
+    gallery_names = list(photos)[:: args.gallery_every]
     backend = select_backend("cpu")
 
     results: dict[str, dict] = {}
-    columns: dict[str, dict[str, np.ndarray]] = {
-        "gray input": {n: gray_of(photos[n]) for n in args.gallery if n in photos}
-    }
+    columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in gallery_names}}
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
     candidates = [(e, None) for e in args.engine] + [(str(w), w) for w in args.weights]
     for label, w in candidates:
@@ -138,16 +135,23 @@ def main() -> None:
     ).stdout.strip()
     lines = [
         (
-            f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training), "
+            f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training; "
+            f"photos {args.start} to {args.start + len(photos) - 1} by sorted name), "
             f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, "
             f"commit {commit}."
         ),
         "",
-        f"| prediction | AuC | AuC rebal. | colourfulness (originals: {true_colourful:.1f}) | mean abs dL |",
-        "|---|---:|---:|---:|---:|",
+        (
+            f"| prediction | AuC | AuC rebal. | PSNR | CIEDE2000 | colourfulness (originals: {true_colourful:.1f}) "
+            "| mean abs dL |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key, r in results.items():
-        lines.append(f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['colourfulness']:.1f} | {r['dL']:.2f} |")
+        lines.append(
+            f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['psnr']:.2f} | {r['ciede2000']:.2f} "
+            f"| {r['colourfulness']:.1f} | {r['dL']:.2f} |"
+        )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     gallery(list(columns["gray input"]), columns, args.out / "gallery.png")
     print("\n".join(lines))

@@ -127,21 +127,31 @@ def lab_to_rgb_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6)
 
     A predicted ab can leave the sRGB gamut; clipping RGB then changes the pixel's lightness. Instead
     the chroma of out-of-gamut pixels is shrunk toward gray (hue and L kept) by bisection on a per-pixel
-    scale factor, so the output's lightness is the input's up to rounding.
+    scale factor, so the output's lightness is the input's up to rounding. The search runs on those
+    pixels only (usually a small fraction of a photo or frame).
     """
+    rgb = lab_to_rgb(torch.cat((l, ab), dim=-3))
+    outside = ~_in_gamut(rgb)[..., 0, :, :]  # (..., H, W)
+    if bool(outside.any()):
+        rgb_px = rgb.movedim(-3, -1)  # a view: writing into it writes into rgb
+        l_px = l.movedim(-3, -1)[outside].T[:, None, :]  # (1, 1, K)
+        ab_px = ab.movedim(-3, -1)[outside].T[:, None, :]  # (2, 1, K)
+        rgb_px[outside] = _shrink_into_gamut(l_px, ab_px, steps)[:, 0, :].T
+    return rgb.clamp(0, 1)
+
+
+def _shrink_into_gamut(l: torch.Tensor, ab: torch.Tensor, steps: int) -> torch.Tensor:
+    """Bisection on a per-pixel chroma scale in [0, 1] for pixels ``(1, H, W)``/``(2, H, W)``; -> sRGB."""
     lo = torch.zeros_like(l)
     hi = torch.ones_like(l)
-    rgb = lab_to_rgb(torch.cat((l, ab), dim=-3))
-    ok = _in_gamut(rgb)
-    if bool(ok.all()):
-        return rgb.clamp(0, 1)
+    ok = _in_gamut(lab_to_rgb(torch.cat((l, ab), dim=-3)))
     lo = torch.where(ok, hi, lo)
     for _ in range(steps):
         mid = (lo + hi) / 2
         inside = _in_gamut(lab_to_rgb(torch.cat((l, ab * mid), dim=-3)))
         lo = torch.where(inside, mid, lo)
         hi = torch.where(inside, hi, mid)
-    return lab_to_rgb(torch.cat((l, ab * lo), dim=-3)).clamp(0, 1)
+    return lab_to_rgb(torch.cat((l, ab * lo), dim=-3))
 
 
 def _in_gamut(rgb: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:

@@ -713,19 +713,8 @@ def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
 
 
 def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """L ``(1, H, W)`` + ab ``(2, H, W)`` -> sRGB ``(3, H, W)`` in [0, 1] with L kept exactly.
-
-    The same result as ``color.lab_to_rgb_keep_lightness`` (a per-pixel function), whose gamut
-    search runs only on the few pixels that need it: a whole-frame call repeats the conversion seven
-    times as soon as a single pixel is out of gamut.
-    """
-    rgb = color.lab_to_rgb(torch.cat((l, ab), dim=0))
-    outside = ((rgb < 0) | (rgb > 1)).any(dim=0)  # a superset of the pixels the gamut search changes
-    if bool(outside.any()):
-        ys, xs = outside.nonzero(as_tuple=True)
-        fixed = color.lab_to_rgb_keep_lightness(l[:, ys, xs][:, None, :], ab[:, ys, xs][:, None, :])  # (3, 1, K)
-        rgb[:, ys, xs] = fixed[:, 0, :]
-    return rgb.clamp_(0, 1)
+    """L ``(1, H, W)`` + ab ``(2, H, W)`` -> sRGB ``(3, H, W)`` in [0, 1] with L kept exactly."""
+    return color.lab_to_rgb_keep_lightness(l, ab)
 
 
 def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:

@@ -189,3 +189,27 @@ def test_tiny_gan_run_pretrains_then_trains_the_critic_and_resumes_exactly(tmp_p
     other = c.colorize(gray)
     np.testing.assert_array_equal(first, again)
     assert np.abs(first - other).max() > 1e-4
+
+
+def test_soup_interpolates_weights_and_recalibrates_batchnorm(tmp_path):
+    from engines.unet import UNet, UNetConfig
+    from training.soup import soup
+
+    cfg = UNetConfig(widths=(8, 16, 32, 64))
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = UNet(cfg)
+        paths.append(tmp_path / f"{seed}.pt")
+        checkpoint.save(checkpoint.EngineCheckpoint("regression", cfg, m.state_dict()), paths[-1])
+    a, b = (checkpoint.load(p).state_dict for p in paths)
+    half = soup(paths[0], paths[1], 0.5, batches=[])
+    w = "stem.0.0.weight"
+    torch.testing.assert_close(half.state_dict[w], (a[w] + b[w]) / 2)
+    torch.testing.assert_close(soup(paths[0], paths[1], 0.0, batches=[]).state_dict[w], a[w])
+    batches = [torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    recal = soup(paths[0], paths[1], 0.5, batches=batches)
+    mean = "stem.0.1.running_mean"
+    assert not torch.equal(recal.state_dict[mean], half.state_dict[mean])  # re-estimated from the batches
+    torch.testing.assert_close(recal.state_dict[w], half.state_dict[w])  # weights untouched by that
+    assert recal.trained_on["soup"]["alpha"] == 0.5
