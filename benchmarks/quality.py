@@ -117,7 +117,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in gallery_names}}
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
-    candidates = [(e, None) for e in args.engine] + [(str(w), w) for w in args.weights]
+    candidates = [(e, None) for e in args.engine] + [(w.stem, w) for w in args.weights]
     for label, w in candidates:
         sizes = args.working_sizes or [None]
         for size in sizes:

@@ -24,7 +24,10 @@ ENGINES: dict[str, EngineSpec] = {
         name="regression",
         family="regression",
         weights="regression.pt",
-        summary="U-Net regressing CIELAB ab (Huber loss), trained from scratch on Tiny ImageNet + outdoor scenes",
+        summary=(
+            "U-Net regressing CIELAB ab, trained from scratch on Tiny ImageNet + outdoor scenes "
+            "(weight mix of a Huber run and a class-rebalanced Huber run)"
+        ),
     ),
 }
 
