@@ -158,20 +158,30 @@ def _in_gamut(rgb: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
     return ((rgb >= -tol) & (rgb <= 1 + tol)).all(dim=-3, keepdim=True)
 
 
-_LINEAR_U8: dict[torch.dtype, torch.Tensor] = {}
+_U8_TABLES: dict[str, torch.Tensor] = {}
+
+
+def _u8_table(name: str) -> torch.Tensor:
+    """Per-level tables for 8-bit input: "linear" (sRGB linearisation) and "gray_l" (L of R = G = B)."""
+    if name not in _U8_TABLES:
+        levels = torch.arange(256, dtype=torch.float64) / 255
+        _U8_TABLES["linear"] = srgb_to_linear(levels).float()
+        _U8_TABLES["gray_l"] = rgb_to_lightness(levels.expand(3, 1, 256))[0, 0].float()
+    return _U8_TABLES[name]
 
 
 def rgb_u8_to_lightness(rgb_u8: torch.Tensor) -> torch.Tensor:
     """CIELAB L of 8-bit sRGB, ``(..., 3, H, W)`` uint8 -> ``(..., 1, H, W)`` float32, equal to
     ``rgb_to_lightness(rgb_u8 / 255)``.
 
-    The sRGB linearisation is looked up for the 256 possible values instead of computed per pixel:
-    several times faster on a video frame, the same numbers up to float rounding.
+    Looked up per level instead of computed per pixel: the sRGB linearisation always, and for black
+    and white input (R = G = B, e.g. a B&W film frame) L itself. Several times faster on a video
+    frame, the same numbers up to float rounding.
     """
-    lut = _LINEAR_U8.get(torch.float32)
-    if lut is None:
-        lut = _LINEAR_U8[torch.float32] = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255).float()
-    lin = lut[rgb_u8.long()]
+    r, g, b = rgb_u8.unbind(-3)
+    if torch.equal(r, g) and torch.equal(g, b):
+        return _u8_table("gray_l")[r.long()].unsqueeze(-3)
+    lin = _u8_table("linear")[rgb_u8.long()]
     r, g, b = lin.unbind(-3)
     wr, wg, wb = _RGB_TO_XYZ[1]
     y = (wr * r + wg * g + wb * b).unsqueeze(-3)

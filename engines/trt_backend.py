@@ -24,10 +24,10 @@ from pathlib import Path
 
 import torch
 
+from engines.export import INPUT_NAME
+
 MAGIC = b"COLORIZE-TRT\x01"
 TIMING_CACHE = "timing.cache"
-# Input name of the exported graph (engines.export.INPUT_NAME); repeated to keep this module light.
-INPUT_NAME = "l_norm"
 
 
 def cache_dir() -> Path:

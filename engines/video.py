@@ -693,22 +693,8 @@ def _analyse_stage(
                 flush()
 
 
-_GRAY_LIGHTNESS: np.ndarray | None = None
-
-
 def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
-    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)``: ``color.rgb_to_lightness``.
-
-    A B&W film decodes to R = G = B; its L is then looked up in that function's values for the 256
-    gray levels, about ten times faster than the per-pixel formula and the same numbers.
-    """
-    global _GRAY_LIGHTNESS
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    if np.array_equal(r, g) and np.array_equal(g, b):
-        if _GRAY_LIGHTNESS is None:
-            levels = torch.arange(256, dtype=torch.float32).div_(255).expand(3, 1, 256)
-            _GRAY_LIGHTNESS = color.rgb_to_lightness(levels)[0, 0].numpy()
-        return torch.from_numpy(_GRAY_LIGHTNESS[r])[None]
+    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color.rgb_u8_to_lightness``)."""
     return color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))
 
 

@@ -436,3 +436,10 @@ def test_rgb_u8_to_lightness_matches_the_float_path():
     ref = C.rgb_to_lightness(rgb_u8.double() / 255)
     assert fast.dtype == torch.float32 and fast.shape == (2, 1, 17, 23)
     torch.testing.assert_close(fast.double(), ref, rtol=0, atol=2e-4)
+
+
+def test_rgb_u8_to_lightness_gray_shortcut_matches_the_formula():
+    levels = torch.arange(256, dtype=torch.uint8).view(1, 16, 16).expand(3, 16, 16)
+    torch.testing.assert_close(
+        C.rgb_u8_to_lightness(levels).double(), C.rgb_to_lightness(levels.double() / 255), rtol=0, atol=2e-4
+    )
