@@ -6,7 +6,8 @@ loading one never runs code. Keys:
 - ``format``: ``FORMAT`` (bumped on incompatible change)
 - ``family``: engine family (``"regression"``)
 - ``arch``: ``UNetConfig.to_dict()``
-- ``color_space``: ``"lab"`` (the model predicts normalised ab from normalised L)
+- ``color_space``: ``"lab"`` (the model predicts normalised ab from normalised L) or ``"yuv"``
+  (normalised UV from Y; see ``engines.color.COLOR_SPACES``)
 - ``working_size``: the long side, in pixels, at which the engine colours a photo
 - ``state_dict``: the model's weights
 - ``trained_on``: what data and recipe produced it (provenance, free-form plain values)
@@ -82,6 +83,8 @@ def load(path: Path) -> EngineCheckpoint:
         raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} file")
+    if payload.get("color_space") not in ("lab", "yuv"):
+        raise CheckpointError(f"{path}: unknown colour space {payload.get('color_space')!r}")
     return EngineCheckpoint(
         family=payload["family"],
         arch=UNetConfig.from_dict(payload["arch"]),

@@ -122,6 +122,43 @@ def denormalize_ab(ab_norm: torch.Tensor) -> torch.Tensor:
     return ab_norm * AB_SCALE
 
 
+# Colour spaces an engine may predict chroma in. Chroma is carried in "ab-like" units (about
+# [-110, 110]) in both, so normalisation, ab bins, soft encoding and rebalancing are shared: Lab's ab
+# as is; YUV's UV multiplied by UV_TO_AB (V's extreme 0.615 maps to 110, a 10-unit grid holds ~400
+# in-gamut UV bins). Everything downstream of an engine (guided upsampling, video smoothing,
+# metrics) works in Lab, so a YUV engine's chroma is re-expressed as ab at its working size.
+COLOR_SPACES = ("lab", "yuv")
+UV_TO_AB = AB_SCALE / UV_SCALE
+
+
+def split_chroma(rgb: torch.Tensor, space: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """sRGB ``(N, 3, H, W)`` -> (network input in [-1, 1] ``(N, 1, H, W)``, chroma in ab-like units ``(N, 2, H, W)``)."""
+    if space == "lab":
+        lab = rgb_to_lab(rgb)
+        return normalize_l(lab[:, :1]), lab[:, 1:]
+    yuv = rgb_to_yuv(rgb)
+    return yuv[:, :1] * 2 - 1, yuv[:, 1:] * UV_TO_AB
+
+
+def input_from_lightness(l: torch.Tensor, space: str) -> torch.Tensor:
+    """The network input for a gray picture of CIELAB lightness ``l`` in [0, 100].
+
+    For a gray pixel BT.601 Y equals the sRGB value, so a YUV engine sees exactly what it saw in training.
+    """
+    if space == "lab":
+        return normalize_l(l)
+    return lightness_to_rgb_gray(l)[:, :1] * 2 - 1
+
+
+def chroma_to_ab(l: torch.Tensor, chroma: torch.Tensor, space: str) -> torch.Tensor:
+    """Chroma predicted in ``space`` (ab-like units) on lightness ``l`` -> CIELAB ab."""
+    if space == "lab":
+        return chroma
+    y = lightness_to_rgb_gray(l)[:, :1]
+    rgb = yuv_to_rgb(torch.cat((y, chroma / UV_TO_AB), dim=1)).clamp(0, 1)
+    return rgb_to_lab(rgb)[:, 1:]
+
+
 def lab_to_rgb_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6) -> torch.Tensor:
     """Combine L ``(..., 1, H, W)`` and ab ``(..., 2, H, W)`` into sRGB in [0, 1], keeping L exact.
 

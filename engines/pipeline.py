@@ -70,6 +70,7 @@ class Colorizer:
         decode: Callable[[torch.Tensor], torch.Tensor] = color.denormalize_ab,
         noise_input: bool = False,
         seed: int = 0,
+        color_space: str = "lab",
     ):
         self.model = model.to(device).eval()
         self.decode = decode  # raw network output -> ab in CIELAB units
@@ -80,6 +81,7 @@ class Colorizer:
         # GAN generators with a noise channel: the seed picks one of the plausible colourings.
         self.noise_input = noise_input
         self.seed = seed
+        self.color_space = color_space  # what the engine predicts chroma in; re-expressed as ab below
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
@@ -96,14 +98,14 @@ class Colorizer:
         m = self.model.multiple
         ph, pw = (-sh) % m, (-sw) % m
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
-        l_in = F.pad(color.normalize_l(l_small), (0, pw, 0, ph), mode="replicate")
+        l_in = F.pad(color.input_from_lightness(l_small, self.color_space), (0, pw, 0, ph), mode="replicate")
         if self.noise_input:
             l_in = torch.cat((l_in, gan.noise_like(l_in, self.seed)), dim=1)
         l_in = l_in.to(self.device)
         ab_work = self.decode(self.model(l_in).float().cpu())
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
-        ab_small = ab_work[..., :sh, :sw]
+        ab_small = color.chroma_to_ab(l_small, ab_work[..., :sh, :sw], self.color_space)
         if (sh, sw) == (h, w):
             return ab_small
         if self.guided:
@@ -146,4 +148,6 @@ def load_colorizer(
     if backend.name == "tensorrt":  # unverified path: see engines/trt_backend.py
         net = trt_backend.engine_for(path, net, size)
     noise = ckpt.arch.in_channels == 2
-    return Colorizer(net, size, backend.device, name=model, decode=decode, noise_input=noise)
+    return Colorizer(
+        net, size, backend.device, name=model, decode=decode, noise_input=noise, color_space=ckpt.color_space
+    )

@@ -443,3 +443,25 @@ def test_rgb_u8_to_lightness_gray_shortcut_matches_the_formula():
     torch.testing.assert_close(
         C.rgb_u8_to_lightness(levels).double(), C.rgb_to_lightness(levels.double() / 255), rtol=0, atol=2e-4
     )
+
+
+@pytest.mark.parametrize("space", C.COLOR_SPACES)
+def test_chroma_spaces_see_gray_pictures_as_in_training(space):
+    # A gray picture's network input is the same whether taken from RGB (training) or from L (inference).
+    gray = torch.rand(2, 1, 8, 8).expand(2, 3, 8, 8)
+    l_in, chroma = C.split_chroma(gray, space)
+    torch.testing.assert_close(C.input_from_lightness(C.rgb_to_lightness(gray), space), l_in, atol=2e-5, rtol=0)
+    assert chroma.abs().max() < 1e-2  # ab of gray is ~5e-3, as in scikit-image
+    assert C.chroma_to_ab(C.rgb_to_lightness(gray), chroma, space).abs().max() < 1e-2
+
+
+def test_yuv_chroma_reexpressed_as_ab_keeps_hue_and_range():
+    rgb = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    l = C.rgb_to_lightness(rgb)
+    _, uv = C.split_chroma(rgb, "yuv")
+    assert uv.abs().max() <= C.AB_SCALE + 1e-3  # ab-like units, so the shared 22x22 bin grid covers them
+    ab = C.chroma_to_ab(l, uv, "yuv")
+    ab_true = C.rgb_to_lab(rgb)[:, 1:]
+    # Y of the gray of the same L is not the colour's luma, so this is close rather than exact: same hue.
+    cos = (ab * ab_true).sum(1) / (ab.norm(dim=1) * ab_true.norm(dim=1) + 1e-6)
+    assert cos[ab_true.norm(dim=1) > 20].mean() > 0.9

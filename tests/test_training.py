@@ -213,3 +213,68 @@ def test_soup_interpolates_weights_and_recalibrates_batchnorm(tmp_path):
     assert not torch.equal(recal.state_dict[mean], half.state_dict[mean])  # re-estimated from the batches
     torch.testing.assert_close(recal.state_dict[w], half.state_dict[w])  # weights untouched by that
     assert recal.trained_on["soup"]["alpha"] == 0.5
+
+
+def test_run_writes_curves_and_before_after_sample_grids(tmp_path):
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, val_images=6)
+    train(cfg, tmp_path / "run")
+    grids = sorted((tmp_path / "run" / "samples").glob("*.png"))
+    assert [p.name for p in grids] == ["step-000000.png", "step-000004.png", "step-000008.png"]
+    before, after = (cv2.imread(str(p)) for p in (grids[0], grids[-1]))
+    # Three rows (gray, predicted, true) of the six validation crops, enlarged twice.
+    assert before.shape == after.shape == (3 * 32 * 2, 6 * 32 * 2, 3)
+    row = 32 * 2
+    np.testing.assert_array_equal(before[:row], after[:row])  # the same gray inputs
+    np.testing.assert_array_equal(before[2 * row :], after[2 * row :])  # and the same truth
+    assert not np.array_equal(before[row : 2 * row], after[row : 2 * row])  # training changed the predictions
+    curves = cv2.imread(str(tmp_path / "run" / "curves.png"))
+    assert curves is not None and curves.shape[1] > 800
+    assert not list((tmp_path / "run").rglob(".*tmp*"))  # no temporary files left behind
+
+
+def test_warm_start_copies_matching_layers_and_widens_the_first_for_noise(tmp_path):
+    from training.tasks import TASKS
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    train(_tiny_config(folder, tmp_path), tmp_path / "reg")
+    source = checkpoint.load(tmp_path / "reg" / "engine.pt")
+    reg = source.build_model()
+    prior = torch.ones(22 * 22, dtype=torch.float64)
+    l_norm = torch.rand(2, 1, 32, 32) * 2 - 1
+
+    gan = TASKS["gan"](_tiny_config(folder, tmp_path, family="gan", gan_noise=True), prior)
+    copied = gan.warm_start(str(tmp_path / "reg" / "engine.pt"))
+    assert len(copied) == len(reg.state_dict())
+    gan.model.eval()
+    with torch.no_grad():
+        # Zero weights on the noise channel: the generator starts as the regression model, whatever the noise.
+        torch.testing.assert_close(gan.model(torch.cat((l_norm, torch.randn_like(l_norm)), 1)), reg(l_norm))
+
+    cls = TASKS["classification"](_tiny_config(folder, tmp_path, family="classification"), prior)
+    fresh_head = cls.model.head.weight.clone()
+    copied = cls.warm_start(str(tmp_path / "reg" / "engine.pt"))
+    assert "head.weight" not in copied and "stem.0.0.weight" in copied
+    torch.testing.assert_close(cls.model.head.weight, fresh_head)  # a 2-channel head cannot seed Q logits
+    torch.testing.assert_close(cls.model.stem[0][0].weight, reg.stem[0][0].weight)
+
+
+@pytest.mark.parametrize("family", ["regression", "classification"])
+def test_yuv_engine_records_its_colour_space_and_colours_through_the_pipeline(tmp_path, family):
+    from engines.pipeline import load_colorizer
+    from engines.runtime import select_backend
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=40, n_gray=0)
+    train(_tiny_config(folder, tmp_path, family=family, color_space="yuv", max_steps=8), tmp_path / "run")
+    engine = checkpoint.load(tmp_path / "run" / "engine.pt")
+    assert engine.color_space == "yuv" and engine.trained_on["recipe"]["color_space"] == "yuv"
+    c = load_colorizer("custom", select_backend("cpu"), weights=tmp_path / "run" / "engine.pt")
+    assert c.color_space == "yuv"
+    rgb = cv2.cvtColor(_colourful(np.random.default_rng(1), 48), cv2.COLOR_BGR2RGB).astype(np.float32) / 255
+    out = c.colorize(rgb)
+    assert out.shape == rgb.shape and np.isfinite(out).all()
+    from engines import color
+
+    l_in = color.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))
+    l_out = color.rgb_to_lightness(torch.from_numpy(out).permute(2, 0, 1))
+    assert (l_out - l_in).abs().max() < 0.5  # lightness kept, whatever space the chroma came from

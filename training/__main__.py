@@ -44,19 +44,41 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    last = [0.0]
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if main_rank and sys.stderr.isatty():
+        # A live bar on a terminal; plain lines every 10 s in logs.
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    def progress(step: int, s: dict) -> None:
-        if time.monotonic() - last[0] > 10 and int(os.environ.get("RANK", "0")) == 0:
-            last[0] = time.monotonic()
-            print(
-                f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
-                flush=True,
-            )
+        bar = Progress(
+            TextColumn("training"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
+        bar_task = bar.add_task("train", total=cfg.max_steps, info="")
+        bar.start()
+
+        def progress(step: int, s: dict) -> None:
+            bar.update(bar_task, completed=step, info=f"loss {s['loss']:.4f}  {s['img_per_s']:.0f} img/s")
+
+    else:
+        bar = None
+        last = [0.0]
+
+        def progress(step: int, s: dict) -> None:
+            if time.monotonic() - last[0] > 10 and main_rank:
+                last[0] = time.monotonic()
+                print(
+                    f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
+                    flush=True,
+                )
 
     try:
         best = train(cfg, args.out, resume=not args.fresh, progress=progress)
     finally:
+        if bar is not None:
+            bar.stop()
         distributed.shutdown()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, only the main process reports
         print(json.dumps(best))

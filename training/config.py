@@ -18,9 +18,14 @@ class TrainConfig:
     val_fraction: float = 0.02
     crop_size: int = 64  # training crops are this size
     min_crop_scale: float = 0.45  # area scale jitter of crops
+    # "lab" (default) or "yuv": the space the engine predicts chroma in (see engines.color.COLOR_SPACES).
+    color_space: str = "lab"
     # Model
     widths: tuple[int, ...] = (32, 64, 128, 256)
     norm: str = "batch"  # "batch" or "group" (see engines.unet.UNetConfig)
+    # Warm start: an engine checkpoint (e.g. the shipped regression engine) whose weights initialise
+    # every layer with the same name and shape; other layers (a classification head) start fresh.
+    init_from: str = ""
     # Regression loss: "l1", "l2" or "huber" on normalised ab; ``huber_delta`` in normalised units.
     loss: str = "huber"
     huber_delta: float = 0.1
@@ -66,6 +71,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"family must be regression, classification or gan, not {cfg.family!r}")
     if cfg.gan_loss not in ("bce", "lsgan", "wgan-gp"):
         raise ValueError(f"gan_loss must be bce, lsgan or wgan-gp, not {cfg.gan_loss!r}")
+    if cfg.color_space not in ("lab", "yuv"):
+        raise ValueError(f"color_space must be lab or yuv, not {cfg.color_space!r}")
     if cfg.norm not in ("batch", "group"):
         raise ValueError(f"norm must be batch or group, not {cfg.norm!r}")
     if cfg.batch_size % int(os.environ.get("WORLD_SIZE", "1")):

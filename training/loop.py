@@ -15,7 +15,7 @@ import torch
 
 from engines import checkpoint, color
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
-from training import distributed
+from training import distributed, figures
 from training.config import TrainConfig
 from training.data import BatchSampler, load_source, split
 from training.tasks import TASKS
@@ -23,15 +23,16 @@ from training.tasks import TASKS
 Progress = Callable[[int, dict[str, float]], None]
 
 
-def _prior(train_sets: list[np.ndarray]) -> torch.Tensor:
-    """ab histogram of (a sample of) the training images: the prior for rebalancing."""
+def _prior(train_sets: list[np.ndarray], space: str = "lab") -> torch.Tensor:
+    """Chroma histogram (ab-like units, see ``engines.color.split_chroma``) of a sample of the training
+    images: the prior for rebalancing and classification bins."""
     hist = torch.zeros(22 * 22, dtype=torch.float64)
     g = np.random.default_rng(0)
     for arr in train_sets:
         idx = g.choice(len(arr), size=min(len(arr), 5000), replace=False)
         x = torch.from_numpy(arr[np.sort(idx)]).permute(0, 3, 1, 2).float() / 255
         for i in range(0, len(x), 1000):
-            hist += ab_histogram(color.rgb_to_lab(x[i : i + 1000])[:, 1:])
+            hist += ab_histogram(color.split_chroma(x[i : i + 1000], space)[1])
     return hist
 
 
@@ -68,6 +69,7 @@ def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) 
         checkpoint.EngineCheckpoint(
             family=task.family,
             arch=task.model.config,
+            color_space=cfg.color_space,
             state_dict=task.model.state_dict(),
             working_size=cfg.working_size,
             trained_on={"recipe": cfg.to_dict(), "step": step, "images_seen": step * cfg.batch_size},
@@ -88,9 +90,10 @@ def train(
 ) -> dict:
     """Train until ``cfg.max_steps`` (or early stopping). Returns the best validation figures.
 
-    ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine)
-    and ``log.jsonl`` (one line per validation). ``stop_at_step`` pauses early (state saved), as an
-    interruption would; running again with ``resume`` continues exactly where it stopped.
+    ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine),
+    ``log.jsonl`` (one line per validation), ``curves.png`` and ``samples/`` (see ``training.figures``).
+    ``stop_at_step`` pauses early (state saved), as an interruption would; running again with
+    ``resume`` continues exactly where it stopped.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -107,14 +110,19 @@ def train(
         val_sets.append(va)
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise ValueError("no training images found in the configured sources")
+    # Metrics are always in CIELAB; the engine's own prior is in the space it predicts.
     prior = _prior(train_sets)
     metric_weights = rebalance_weights(prior, lam=0.0)
+    if cfg.color_space != "lab":
+        prior = _prior(train_sets, cfg.color_space)
     # Validation images: centre crops at the training crop size, a fixed subset.
     val_u8 = np.concatenate([_centre(v, cfg.crop_size) for v in val_sets])
     val_u8 = val_u8[np.random.default_rng(1).permutation(len(val_u8))[: cfg.val_images]]
     val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
 
     task = TASKS[cfg.family](cfg, prior)
+    if cfg.init_from:
+        task.warm_start(cfg.init_from)  # a resumed state below overrides it
     task.place(info)
     sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
     step, best, stale = 0, {"score": -1.0}, 0
@@ -142,6 +150,9 @@ def train(
             },
         )
 
+    samples = val_rgb[:8]  # the same images in every sample grid
+    if step == 0 and info.is_main:
+        figures.write_samples(task, samples, out_dir, 0)  # "before": untrained or warm-started
     last_save = time.monotonic()
     t0, seen0 = time.monotonic(), step
     end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
@@ -153,13 +164,15 @@ def train(
             progress(step, scalars)
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             # Every process validates (the models are identical), so all take the same decisions.
-            figures = validate(task, val_rgb, metric_weights)
-            figures["score"] = (figures["auc"] + figures["auc_rebal"]) / 2
+            held_out = validate(task, val_rgb, metric_weights)
+            held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
             if info.is_main:
                 with open(out_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **figures}) + "\n")
-            if figures["score"] > best["score"]:
-                best, stale = {**figures, "step": step}, 0
+                    f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **held_out}) + "\n")
+                figures.write_samples(task, samples, out_dir, step)
+                figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
+            if held_out["score"] > best["score"]:
+                best, stale = {**held_out, "step": step}, 0
                 if info.is_main:
                     export_engine(task, cfg, best, step, out_dir / "engine.pt")
             else:

@@ -4,11 +4,12 @@ optimisers, and ``step()`` returns a dict of scalars."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 from torch.nn import functional as F
 
-from engines import classification, color, gan
+from engines import checkpoint, classification, color, gan
 from engines.metrics import ab_bin_index, rebalance_weights
 from engines.unet import UNet, UNetConfig
 from training import distributed
@@ -52,7 +53,31 @@ class _SingleNetworkTask:
             self.pixel_weights = self.pixel_weights.to(self.device)
         self.net = distributed.wrap(self.model, info)
 
+    def warm_start(self, path: str) -> list[str]:
+        """Copy same-named, same-shaped weights from an engine checkpoint; returns the names copied.
+
+        A first convolution with more input channels here (the GAN's noise channel) takes the old
+        weights for the channels they share and zeros for the new ones, so it starts as the old model did.
+        """
+        source = checkpoint.load(Path(path)).state_dict
+        own = self.model.state_dict()
+        copied = []
+        for name, value in source.items():
+            if name not in own:
+                continue
+            mine, value = own[name], value.to(own[name].dtype)
+            if mine.shape == value.shape:
+                mine.copy_(value)
+            elif mine.ndim == 4 and mine.shape[0] == value.shape[0] and mine.shape[1] > value.shape[1]:
+                mine.zero_()
+                mine[:, : value.shape[1]] = value
+            else:
+                continue
+            copied.append(name)
+        return copied
+
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
+        """``l_norm``: the network input; ``ab_true``: chroma in ab-like units (``engines.color.split_chroma``)."""
         raise NotImplementedError
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
@@ -70,10 +95,10 @@ class _SingleNetworkTask:
     def step(self, rgb: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1]."""
         self.net.train()
-        lab = color.rgb_to_lab(rgb.to(self.device, non_blocking=True))
+        l_in, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
         # bfloat16 autocast on GPU (unverified here: no GPU); colour conversion stays in float32.
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.loss(color.normalize_l(lab[:, :1]), lab[:, 1:])
+            loss = self.loss(l_in, chroma)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -84,10 +109,13 @@ class _SingleNetworkTask:
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         """L ``(B, 1, H, W)`` in [0, 100] -> ab ``(B, 2, H, W)`` in CIELAB units."""
         self.model.eval()
-        ab = self.decode(self.model(color.normalize_l(l.to(self.device))).float())
-        if ab.shape[-2:] != l.shape[-2:]:
-            ab = F.interpolate(ab, size=l.shape[-2:], mode="bilinear", align_corners=False)
-        return ab.cpu()
+        chroma = self.decode(self.model(self._input(l)).float()).cpu()
+        if chroma.shape[-2:] != l.shape[-2:]:
+            chroma = F.interpolate(chroma, size=l.shape[-2:], mode="bilinear", align_corners=False)
+        return color.chroma_to_ab(l, chroma, self.cfg.color_space)
+
+    def _input(self, l: torch.Tensor) -> torch.Tensor:
+        return color.input_from_lightness(l.to(self.device), self.cfg.color_space)
 
     def state_dict(self) -> dict:
         return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
@@ -206,8 +234,8 @@ class GanTask(_SingleNetworkTask):
     def step(self, rgb: torch.Tensor) -> dict[str, float]:
         self.net.train()
         self.critic_net.train()
-        lab = color.rgb_to_lab(rgb.to(self.device, non_blocking=True))
-        l_norm, ab_norm = color.normalize_l(lab[:, :1]), color.normalize_ab(lab[:, 1:])
+        l_norm, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
+        ab_norm = color.normalize_ab(chroma)
         fake_ab = self.net(self._generator_input(l_norm)).float()
         self.steps += 1
         scalars: dict[str, float] = {}
@@ -236,12 +264,9 @@ class GanTask(_SingleNetworkTask):
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:  # pragma: no cover - step() overrides
         raise NotImplementedError
 
-    @torch.inference_mode()
-    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
-        self.model.eval()
-        l_norm = color.normalize_l(l.to(self.device))
-        x = torch.cat((l_norm, gan.noise_like(l_norm, seed=0)), 1) if self.cfg.gan_noise else l_norm
-        return color.denormalize_ab(self.model(x).float()).cpu()
+    def _input(self, l: torch.Tensor) -> torch.Tensor:
+        l_norm = super()._input(l)
+        return torch.cat((l_norm, gan.noise_like(l_norm, seed=0)), 1) if self.cfg.gan_noise else l_norm
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return color.denormalize_ab(raw)
