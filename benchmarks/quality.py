@@ -27,11 +27,11 @@ import cv2
 import numpy as np
 import torch
 
-from engines import color
+from engines import checkpoint, color
 from engines.evaluation import training_prior
 from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES
+from engines.registry import ENGINES, get_spec
 from engines.runtime import select_backend
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +104,9 @@ def main() -> None:
     p.add_argument("--engine", nargs="*", default=list(ENGINES))
     p.add_argument("--weights", nargs="*", type=Path, default=[], help="extra checkpoints to evaluate")
     p.add_argument("--working-sizes", nargs="*", type=int, default=[], help="default: each engine's own")
+    p.add_argument(
+        "--temperatures", nargs="*", type=float, default=[], help="classification engines: annealed-mean temperatures"
+    )
     p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
@@ -119,13 +122,17 @@ def main() -> None:
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
     candidates = [(e, None) for e in args.engine] + [(w.stem, w) for w in args.weights]
     for label, w in candidates:
-        sizes = args.working_sizes or [None]
-        for size in sizes:
-            c = load_colorizer(label if w is None else "custom", backend, weights=w, working_size=size)
-            key = f"{label} @ {c.working_size}"
+        family = checkpoint.load(w if w is not None else get_spec(label).weights_path()).family
+        temps = args.temperatures if family == "classification" and args.temperatures else [None]
+        settings = [(size, t) for size in args.working_sizes or [None] for t in temps]
+        for size, t in settings:
+            options = {} if t is None else {"temperature": t}
+            c = load_colorizer(label if w is None else "custom", backend, weights=w, working_size=size, **options)
+            key = f"{label} @ {c.working_size}" + ("" if t is None else f", T {t:g}")
             results[key], outs = evaluate(c.colorize, photos, weights)
             print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
-            columns[key if len(candidates) * len(sizes) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
+            several = len(candidates) > 1 or len(settings) > 1
+            columns[key if several and len(settings) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
     columns["original"] = {n: photos[n] for n in columns["gray input"]}
     true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
 

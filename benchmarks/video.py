@@ -258,6 +258,8 @@ def main() -> None:
         }
         for name, (fps, cpu_ms) in speed.items():
             lines.append(f"| {labels[name]} | {fps:.1f} | {fps / floor_fps:.2f}x | {cpu_ms:.0f} |")
+        # On a shared machine the ratios are only comparable with the load they were measured under.
+        lines += ["", f"Load average {os.getloadavg()[0]:.1f} after the speed runs."]
         print("\n".join(lines), flush=True)
 
         if not args.skip_quality:

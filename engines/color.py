@@ -15,6 +15,8 @@ Conventions (the same everywhere in the project):
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # D65 white point, CIE 1931 2-degree observer (scikit-image's "D65", "2").
@@ -167,32 +169,121 @@ def lab_to_rgb_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6)
     scale factor, so the output's lightness is the input's up to rounding. The search runs on those
     pixels only (usually a small fraction of a photo or frame).
     """
-    rgb = lab_to_rgb(torch.cat((l, ab), dim=-3))
-    outside = ~_in_gamut(rgb)[..., 0, :, :]  # (..., H, W)
-    if bool(outside.any()):
-        rgb_px = rgb.movedim(-3, -1)  # a view: writing into it writes into rgb
-        l_px = l.movedim(-3, -1)[outside].T[:, None, :]  # (1, 1, K)
-        ab_px = ab.movedim(-3, -1)[outside].T[:, None, :]  # (2, 1, K)
-        rgb_px[outside] = _shrink_into_gamut(l_px, ab_px, steps)[:, 0, :].T
-    return rgb.clamp(0, 1)
+    return linear_to_srgb(_keep_lightness_linear(l, ab, steps).clamp_(0, 1)).clamp_(0, 1)
+
+
+def _lab_to_rgb_u8_keep_lightness(l: torch.Tensor, ab: torch.Tensor, steps: int = 6) -> torch.Tensor:
+    """``lab_to_rgb_keep_lightness`` rounded to 8 bits, uint8 ``(..., 3, H, W)``: the video path.
+
+    Equal to ``round(255 * lab_to_rgb_keep_lightness(l, ab))`` except where a value falls within float
+    rounding of a level boundary. The sRGB encoding goes through a table (``_srgb_u8_tables``) instead
+    of a power per value, which is most of the saving.
+    """
+    return _linear_to_srgb_u8(_keep_lightness_linear(l, ab, steps))
+
+
+# The gamut test: every sRGB value in [-tol, 1 + tol], applied in linear light (the bounds mapped
+# through the sRGB curve), before any encoding.
+_GAMUT_TOL = 1e-3
+_LIN_MIN = -_GAMUT_TOL / 12.92
+_LIN_MAX = ((1 + _GAMUT_TOL + 0.055) / 1.055) ** 2.4
+# The CIE f^-1 without a branch (torch.where is slow on CPU): its linear segment is the tangent of f^3
+# at the switch point.
+_F_SWITCH = 6.0 / 29.0  # f^3 = _EPS there
+_F_SLOPE = 116.0 / _KAPPA
+
+
+def _lab_to_linear(l: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
+    """L ``(..., 1, H, W)`` and ab ``(..., 2, H, W)`` -> linear RGB ``(..., 3, H, W)``, not clipped.
+
+    ``srgb_to_linear(lab_to_rgb(lab))`` up to rounding, without its branches and most of its temporaries.
+    """
+    f = torch.empty((*l.shape[:-3], 3, *l.shape[-2:]), dtype=l.dtype, device=l.device)
+    fy = torch.add(l[..., 0, :, :], 16, out=f[..., 1, :, :]).div_(116)
+    torch.add(fy, ab[..., 0, :, :], alpha=1 / 500, out=f[..., 0, :, :])
+    torch.add(fy, ab[..., 1, :, :], alpha=-1 / 200, out=f[..., 2, :, :])
+    # t = f^3 above the switch, the tangent line below it: g^3 + slope * (f - g) with g = max(f, switch).
+    g = f.clamp(min=_F_SWITCH)
+    d = f.sub_(g)  # before g is cubed in place
+    t = g.pow_(3).add_(d, alpha=_F_SLOPE)
+    return torch.matmul(_xyz_over_white_to_linear(l.dtype, l.device), t.flatten(-2)).view(t.shape)
+
+
+@functools.cache
+def _xyz_over_white_to_linear(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The inverse of ``_RGB_TO_XYZ`` with the white point folded in: XYZ / white -> linear RGB."""
+    white = torch.tensor(WHITE_D65, dtype=torch.float64)
+    return (torch.linalg.inv(torch.tensor(_RGB_TO_XYZ, dtype=torch.float64)) * white).to(dtype=dtype, device=device)
+
+
+def _keep_lightness_linear(l: torch.Tensor, ab: torch.Tensor, steps: int) -> torch.Tensor:
+    """Linear RGB of ``lab_to_rgb_keep_lightness`` before clipping and encoding."""
+    lin = _lab_to_linear(l, ab)
+    outside = ~_linear_in_gamut(lin)[..., 0, :, :]  # (..., H, W)
+    # Out-of-gamut pixels are found once and addressed by index, so any strides of ab are fine.
+    px = (slice(None), *outside.nonzero(as_tuple=True))  # channel-first index of those pixels
+    if px[1].numel():
+        l_px = l.movedim(-3, 0)[px][:, None, :]  # (1, 1, K)
+        ab_px = ab.movedim(-3, 0)[px][:, None, :]  # (2, 1, K)
+        lin.movedim(-3, 0)[px] = _shrink_into_gamut(l_px, ab_px, steps)[:, 0, :]
+    return lin
 
 
 def _shrink_into_gamut(l: torch.Tensor, ab: torch.Tensor, steps: int) -> torch.Tensor:
-    """Bisection on a per-pixel chroma scale in [0, 1] for pixels ``(1, H, W)``/``(2, H, W)``; -> sRGB."""
-    lo = torch.zeros_like(l)
-    hi = torch.ones_like(l)
-    ok = _in_gamut(lab_to_rgb(torch.cat((l, ab), dim=-3)))
-    lo = torch.where(ok, hi, lo)
-    for _ in range(steps):
-        mid = (lo + hi) / 2
-        inside = _in_gamut(lab_to_rgb(torch.cat((l, ab * mid), dim=-3)))
-        lo = torch.where(inside, mid, lo)
-        hi = torch.where(inside, hi, mid)
-    return lab_to_rgb(torch.cat((l, ab * lo), dim=-3))
+    """Bisection on a per-pixel chroma scale in [0, 1] for out-of-gamut pixels ``(1, H, W)``/``(2, H, W)``;
+    -> linear RGB at the largest scale found in gamut (0: gray, always in gamut)."""
+    # Bisection from [0, 1] sets one binary digit of the scale per step; no torch.where (slow on CPU).
+    scale = torch.zeros_like(l)
+    for k in range(1, steps + 1):
+        trial = scale + 0.5**k
+        scale += _linear_in_gamut(_lab_to_linear(l, ab * trial)) * 0.5**k
+    return _lab_to_linear(l, ab * scale)
 
 
-def _in_gamut(rgb: torch.Tensor, tol: float = 1e-3) -> torch.Tensor:
-    return ((rgb >= -tol) & (rgb <= 1 + tol)).all(dim=-3, keepdim=True)
+def _linear_in_gamut(lin: torch.Tensor) -> torch.Tensor:
+    return (lin.amin(dim=-3, keepdim=True) >= _LIN_MIN) & (lin.amax(dim=-3, keepdim=True) <= _LIN_MAX)
+
+
+# Linear light -> 8-bit sRGB by table. Level k starts where the exact encoding reaches k - 0.5, at
+# linear threshold T[k]. The table splits [0, 1] into _SRGB_U8_BINS bins narrower than the closest two
+# thresholds (3.0e-4 apart, just above black), so a bin holds at most one: a value's level is the
+# bin's level at its start, plus one if the value reaches the threshold inside the bin.
+_SRGB_U8_BINS = 4096
+
+
+@functools.cache
+def _srgb_u8_tables() -> tuple[torch.Tensor, torch.Tensor]:
+    """(level at each bin's start, uint8; the threshold inside the bin or +inf, float32, times
+    ``_SRGB_U8_BINS``), ``_SRGB_U8_BINS + 1`` entries each."""
+    levels = (torch.arange(1, 256, dtype=torch.float64) - 0.5) / 255
+    thresholds = srgb_to_linear(levels)  # T[1..255]
+    assert float(thresholds.diff().min()) > 1 / _SRGB_U8_BINS
+    starts = torch.arange(_SRGB_U8_BINS + 1, dtype=torch.float64) / _SRGB_U8_BINS
+    base = torch.searchsorted(thresholds, starts, right=True)  # thresholds <= start
+    nxt = thresholds[base.clamp(max=254)]
+    inside = (base < 255) & (nxt < starts + 1 / _SRGB_U8_BINS)
+    # Rounded up to float32 so that ``x >= thr`` for float32 x means x >= the exact threshold.
+    thr = nxt.float()
+    thr = torch.where(thr.double() < nxt, torch.nextafter(thr, torch.tensor(float("inf"))), thr)
+    thr = torch.where(inside, thr, torch.tensor(float("inf")))
+    return base.to(torch.uint8), thr * _SRGB_U8_BINS  # scaled like the values, exactly
+
+
+def _linear_to_srgb_u8(lin: torch.Tensor) -> torch.Tensor:
+    """Linear light ``(..., 3, H, W)`` -> ``round(255 * linear_to_srgb(lin.clamp(0, 1)))`` as uint8, by table.
+
+    The result is laid out channels-last in memory (a permuted view), so that an ``(H, W, 3)`` image
+    for an encoder is a free ``permute`` rather than a copy: the transposition rides on the first op.
+    """
+    base, thr = (t.to(lin.device) for t in _srgb_u8_tables())
+    scaled = torch.empty(lin.movedim(-3, -1).shape, dtype=torch.float32, device=lin.device)
+    torch.mul(lin.movedim(-3, -1), _SRGB_U8_BINS, out=scaled)  # a power of two: no rounding in float32
+    # Clipping to the table's range is enough: below 0 the first threshold is not reached, above 1 there is none.
+    flat = scaled.clamp_(0, _SRGB_U8_BINS).view(-1)
+    idx = flat.to(torch.int32)  # floor
+    out = base.index_select(0, idx)
+    out += flat >= thr.index_select(0, idx)
+    return out.view(scaled.shape).movedim(-1, -3)
 
 
 _U8_TABLES: dict[str, torch.Tensor] = {}

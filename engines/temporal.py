@@ -210,17 +210,19 @@ class ChromaSmoother:
         diff -= np.median(diff[::2, ::2])
         ok &= np.abs(diff) <= PHOTO_TOLERANCE * 2.55
         mask = cv2.blur(ok.astype(np.float32), (3, 3))
+        # Weighted, and given a channel per ab channel, at the small size (resizing is linear).
+        mask *= self.strength
+        mask = cv2.merge((mask, mask))
         if (sh, sw) != (h, w):
+            flow_b *= np.float32([w / sw, h / sh])  # to full-size pixels, before resizing: fewer values
             flow_b = cv2.resize(flow_b, (w, h), interpolation=cv2.INTER_LINEAR)
-            flow_b[..., 0] *= w / sw
-            flow_b[..., 1] *= h / sh
             mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
         out = warp(prev_ab, flow_b, self._grid_for(h, w))
-        # out = ab + strength * mask * (warped - ab), in place.
-        mask *= self.strength
-        out -= ab
-        out *= mask[..., None]
-        out += ab
+        # out = ab + strength * mask * (warped - ab), in place; OpenCV's element-wise ops beat NumPy's here.
+        ab = np.ascontiguousarray(ab, dtype=np.float32)
+        cv2.subtract(out, ab, dst=out)
+        cv2.multiply(out, mask, dst=out)
+        cv2.add(out, ab, dst=out)
         return out
 
     def _grid_for(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:

@@ -455,7 +455,7 @@ class _Frame:
     pts: int
     duration: int
     l: torch.Tensor | None = None  # (1, H, W) float32 CIELAB L of the decoded frame
-    ab: np.ndarray | None = None  # (H, W, 2) float32 chroma, predicted (and smoothed)
+    ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
     out: av.VideoFrame | None = None  # in the encoder's pixel format
     rgb_out: np.ndarray | None = None  # (H, W, 3) uint8, kept for bridging
 
@@ -672,9 +672,15 @@ def _analyse_stage(
             if not isinstance(ab, torch.Tensor) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
                 got = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
                 raise ValueError(f"predict_ab returned {got}, expected {(l.shape[0], 2, *l.shape[-2:])}")
-            ab_hwc = ab.detach().float().cpu().permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
-            for i, f in enumerate(frames):
-                f.ab = ab_hwc[i] if smoother is None else smoother.step(f.l[0].numpy(), ab_hwc[i])
+            ab = ab.detach().float().cpu()
+            if smoother is None:
+                for i, f in enumerate(frames):
+                    f.ab = ab[i]
+            else:
+                # OpenCV works channels-last: one transposing copy per batch, and back as a free view.
+                ab_hwc = ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
+                for i, f in enumerate(frames):
+                    f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), ab_hwc[i])).permute(2, 0, 1)
         for item in pending:
             w.put(q_out, item)
         pending.clear()
@@ -698,9 +704,10 @@ def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
     return color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))
 
 
-def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> torch.Tensor:
-    """L ``(1, H, W)`` + ab ``(2, H, W)`` -> sRGB ``(3, H, W)`` in [0, 1] with L kept exactly."""
-    return color.lab_to_rgb_keep_lightness(l, ab)
+def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
+    """L ``(1, H, W)`` + ab ``(2, H, W)`` -> 8-bit sRGB ``(H, W, 3)`` with L kept: ``lab_to_rgb_keep_lightness``
+    rounded to uint8, encoded by table straight to 8 bits (the output is 8-bit anyway)."""
+    return color._lab_to_rgb_u8_keep_lightness(l, ab).permute(1, 2, 0).contiguous().numpy()
 
 
 def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:
@@ -708,9 +715,7 @@ def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Qu
     while True:
         item = w.get(q_in)
         if isinstance(item, _Frame):
-            ab_t = torch.from_numpy(np.ascontiguousarray(item.ab)).permute(2, 0, 1)
-            rgb = compose_rgb(item.l, ab_t)
-            rgb_u8 = rgb.mul_(255).round_().to(torch.uint8).permute(1, 2, 0).contiguous().numpy()
+            rgb_u8 = compose_rgb(item.l, item.ab)
             item.l = item.ab = None
             item.out = rgb_to_encoder_frame(rgb_u8, pix_fmt)
             item.rgb_out = rgb_u8
