@@ -278,3 +278,19 @@ def test_yuv_engine_records_its_colour_space_and_colours_through_the_pipeline(tm
     l_in = color.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))
     l_out = color.rgb_to_lightness(torch.from_numpy(out).permute(2, 0, 1))
     assert (l_out - l_in).abs().max() < 0.5  # lightness kept, whatever space the chroma came from
+
+
+def test_snapshot_exports_the_latest_weights_not_the_best(tmp_path):
+    from training.snapshot import snapshot
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    train(_tiny_config(folder, tmp_path, family="classification"), tmp_path / "run")
+    latest = snapshot(tmp_path / "run", tmp_path / "latest.pt")
+    loaded = checkpoint.load(tmp_path / "latest.pt")
+    state = torch.load(tmp_path / "run" / "state.pt", weights_only=True)
+    assert loaded.trained_on["step"] == state["step"] == 8
+    for k, v in state["task"]["model"].items():
+        torch.testing.assert_close(loaded.state_dict[k].to(v.dtype), v, atol=2e-3, rtol=1e-3, msg=k)  # fp16 file
+    best = checkpoint.load(tmp_path / "run" / "engine.pt")
+    torch.testing.assert_close(loaded.family_state["ab_centres"], best.family_state["ab_centres"])
+    assert latest.family == "classification"
