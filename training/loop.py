@@ -23,7 +23,7 @@ from training.tasks import TASKS
 Progress = Callable[[int, dict[str, float]], None]
 
 
-def _prior(train_sets: list[np.ndarray], space: str = "lab") -> torch.Tensor:
+def chroma_prior(train_sets: list[np.ndarray], space: str = "lab") -> torch.Tensor:
     """Chroma histogram (ab-like units, see ``engines.color.split_chroma``) of a sample of the training
     images: the prior for rebalancing and classification bins."""
     hist = torch.zeros(22 * 22, dtype=torch.float64)
@@ -111,10 +111,10 @@ def train(
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise ValueError("no training images found in the configured sources")
     # Metrics are always in CIELAB; the engine's own prior is in the space it predicts.
-    prior = _prior(train_sets)
+    prior = chroma_prior(train_sets)
     metric_weights = rebalance_weights(prior, lam=0.0)
     if cfg.color_space != "lab":
-        prior = _prior(train_sets, cfg.color_space)
+        prior = chroma_prior(train_sets, cfg.color_space)
     # Validation images: centre crops at the training crop size, a fixed subset.
     val_u8 = np.concatenate([_centre(v, cfg.crop_size) for v in val_sets])
     val_u8 = val_u8[np.random.default_rng(1).permutation(len(val_u8))[: cfg.val_images]]

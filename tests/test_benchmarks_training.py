@@ -1,0 +1,94 @@
+"""The training-throughput benchmark's measuring functions, on a tiny synthetic data set."""
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.training_throughput import (
+    build_task,
+    gan_breakdown,
+    gan_passes,
+    load_training_sets,
+    make_sampler,
+    measure_family,
+)
+from training.config import TrainConfig
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        # Smooth random colour fields: colourful enough to pass the gray filter.
+        small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+        cv2.imwrite(str(root / f"c{i:02d}.png"), cv2.resize(small, (40, 40), interpolation=cv2.INTER_CUBIC))
+    return root
+
+
+def _cfg(folder, family: str) -> TrainConfig:
+    return TrainConfig(
+        family=family,
+        sources=(str(folder),),
+        source_sizes=(32,),
+        val_fraction=0.0,
+        crop_size=32,
+        batch_size=4,
+        widths=(8, 16, 32, 64),
+        cache_dir=str(folder / "cache"),
+    )
+
+
+@pytest.mark.parametrize("family", ["regression", "classification", "gan"])
+def test_measure_family_gives_positive_rates(folder, family):
+    cfg = _cfg(folder, family)
+    train_sets = load_training_sets(cfg)
+    assert sum(map(len, train_sets)) == 12
+    r = measure_family(cfg, train_sets, repeat=1, warmup=0, data_batches=2)
+    assert set(r) == {"data", "step", "together", "gflops", "spread", "cpu_share"}
+    assert all(math.isfinite(v) and v > 0 for v in r.values()), r
+    assert r["spread"] >= 1.0
+
+
+def test_sources_are_loaded_once_across_recipes(folder):
+    loaded: dict = {}
+    a = load_training_sets(_cfg(folder, "regression"), loaded)
+    b = load_training_sets(_cfg(folder, "gan"), loaded)
+    assert len(loaded) == 1 and a[0] is b[0]
+
+
+def test_gan_is_timed_in_adversarial_mode_and_its_passes_touch_the_right_networks(folder):
+    cfg = _cfg(folder, "gan")
+    assert cfg.gan_pretrain_steps > 0  # the default pre-trains: build_task must skip it
+    train_sets = load_training_sets(cfg)
+    task = build_task(cfg, train_sets)
+    batch = make_sampler(cfg, train_sets).next_batch()
+    assert "critic_loss" in task.step(batch)
+
+    generator = list(task.model.parameters())
+    critic = list(task.critic.parameters())
+    passes = gan_passes(task, batch)
+    expected = {
+        "generator forward + backward (reconstruction loss)": (True, False),
+        "critic forward + backward on real and fake": (False, True),
+        "critic forward + backward for the adversarial term": (False, True),
+    }
+    assert set(passes) == set(expected)
+    before = [p.detach().clone() for p in generator + critic]
+    for name, (gen_grads, critic_grads) in expected.items():
+        passes[name]()
+        assert all(p.grad is not None for p in generator) == gen_grads, name
+        assert all(p.grad is None for p in generator) == (not gen_grads), name
+        assert all(p.grad is not None for p in critic) == critic_grads, name
+    # The passes do not step the optimisers: every call sees the same weights.
+    assert all(torch.equal(a, p) for a, p in zip(before, generator + critic))
+
+    g = gan_breakdown(task, batch, repeat=1, warmup=0)
+    assert set(g["parts"]) == set(expected)
+    assert all(v > 0 for v in g["parts"].values())
+    assert g["sum"] == pytest.approx(sum(g["parts"].values()))
+    assert math.isfinite(g["ratio"]) and g["ratio"] > 0.5
+    assert g["ratio"] == pytest.approx(g["full"] / g["sum"])
