@@ -378,26 +378,58 @@ def models() -> None:
 
 @app.command("eval")
 def eval_(
-    results: Annotated[Path, typer.Argument(help="Coloured result: a photo or a folder of photos.")],
-    truth: Annotated[Path, typer.Argument(help="Ground truth: a photo or a folder with the same relative names.")],
-    json_out: Annotated[bool, typer.Option("--json", help="Print JSON (summary and per-image scores).")] = False,
+    results: Annotated[Path, typer.Argument(help="Coloured result: a photo or video, or a folder of them.")],
+    truth: Annotated[
+        Path, typer.Argument(help="Ground truth: a photo or video, or a folder with the same relative names.")
+    ],
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print JSON (summary and per-image or per-video scores).")
+    ] = False,
 ) -> None:
-    """Compare coloured results with the ground truth (AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL)."""
-    from engines.evaluation import EvaluationError, as_dicts, evaluate_pairs, pair_files, training_prior
+    """Compare coloured results with the ground truth (AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL; for
+    videos also the warping error and CDC). Exit code 2 when sizes or frame counts differ."""
+    from engines.evaluation import (
+        EvaluationError,
+        MismatchError,
+        as_dicts,
+        evaluate_pairs,
+        evaluate_videos,
+        pair_files,
+        split_pairs,
+        training_prior,
+    )
     from engines.photo_io import PhotoError
 
     try:
-        summary, scores = evaluate_pairs(pair_files(results, truth), training_prior())
+        photos, videos = split_pairs(pair_files(results, truth))
+        if videos:
+            summary, per_video = evaluate_videos(videos, training_prior())
+            payload = {"summary": summary, "videos": per_video}
+        else:
+            summary, scores = evaluate_pairs(photos, training_prior())
+            payload = {"summary": summary, "images": as_dicts(scores)}
+    except MismatchError as e:
+        _err(f"eval: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
     except (EvaluationError, PhotoError, OSError) as e:
         _err(f"eval: {e}")
         raise typer.Exit(EXIT_FAILED) from None
     if json_out:
-        typer.echo(json.dumps({"summary": summary, "images": as_dicts(scores)}))
+        typer.echo(json.dumps(payload))
         return
+    _print_eval_table(summary)
+
+
+def _print_eval_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"{summary['images']} image(s)", show_header=True)
+    if "videos" in summary:
+        title = f"{summary['videos']} video(s), {summary['frames']} frame(s); frame metrics pooled over all frames"
+    else:
+        title = f"{summary['images']} image(s)"
+    caption = "warping error and CDC: lower is steadier" if "videos" in summary else None
+    table = Table(title=title, caption=caption, show_header=True)
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
@@ -413,6 +445,16 @@ def eval_(
         ),
         ("lightness error, mean |dL|", f"{summary['lightness_error']:.2f}"),
     ]
+    if "videos" in summary:
+
+        def pair(key: str) -> str:
+            a, b = summary[key], summary[f"{key}_truth"]
+            return "n/a (needs 5+ frames)" if a is None else f"{a:.4g} / {b:.4g}"
+
+        rows += [
+            ("warping error (Lai et al.): results / truth", pair("warping_error")),
+            ("CDC, colour distribution consistency: results / truth", pair("cdc")),
+        ]
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)

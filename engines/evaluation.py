@@ -8,27 +8,58 @@ Pairs files by relative path (extension ignored), scores each pair and pools the
 - colourfulness (Hasler and Suesstrunk 2003) of results and truth, and its gap two ways: the mean
   over images of |CF(result) - CF(truth)|, and |mean CF(results) - mean CF(truths)|;
 - lightness error: mean |L(result) - L(truth)|.
+
+Videos (two films, or two folders of films paired the same way) are scored frame by frame with the
+same per-image metrics, pooled over all frames of all videos (AuC over all pixels, the means over
+frames), plus two temporal metrics per video, averaged over videos:
+- warping error (Lai et al. 2018, ``engines.temporal``): flow and occlusion mask from each pair of
+  consecutive *truth* frames; the squared RGB distance between result frame t and result frame t+1
+  warped onto t, summed over channels and averaged over the non-occluded pixels and the pairs. Given
+  for the truth too (its own warping error: what motion and occlusion leave even in a perfect film);
+- CDC, colour distribution consistency (Liu et al. 2021, ``engines.metrics.ColourDistributionConsistency``):
+  the Jensen-Shannon divergence of the per-channel 8-bit RGB histograms of frames 1, 2 and 4 apart;
+  for the result and the truth.
+Frames are decoded with PyAV and streamed: only the current and previous frame pair are held.
+Results and truth must have the same number of frames of the same size (``MismatchError``).
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
 
+import av
 import numpy as np
 import torch
 
 from engines import color
-from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights, ssim
+from engines.formats import VIDEO_SUFFIXES
+from engines.metrics import (
+    AbErrorCurve,
+    ColourDistributionConsistency,
+    ciede2000,
+    colourfulness,
+    psnr,
+    rebalance_weights,
+    ssim,
+)
 from engines.photo_io import SUPPORTED_SUFFIXES, read_photo
+from engines.temporal import pair_warping_error, reference_flow
+from engines.video import decode_colorspace, is_video
 
 PRIOR_FILE = "ab_prior.json"
 
 
 class EvaluationError(ValueError):
     pass
+
+
+class MismatchError(EvaluationError):
+    """Result and truth cannot be compared: sizes or frame counts differ, or a photo meets a video."""
 
 
 @dataclass
@@ -48,11 +79,12 @@ def training_prior() -> torch.Tensor:
     return torch.tensor(json.loads(text)["counts"], dtype=torch.float64)
 
 
-def _images(folder: Path) -> dict[str, Path]:
+def _media(folder: Path) -> dict[str, Path]:
+    suffixes = set(SUPPORTED_SUFFIXES) | VIDEO_SUFFIXES
     return {
         str(p.relative_to(folder).with_suffix("")): p
         for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.suffix.lower() in SUPPORTED_SUFFIXES
+        if p.is_file() and p.suffix.lower() in suffixes
     }
 
 
@@ -62,57 +94,217 @@ def pair_files(pred: Path, truth: Path) -> list[tuple[str, Path, Path]]:
         return [(pred.stem, pred, truth)]
     if not (pred.is_dir() and truth.is_dir()):
         raise EvaluationError("give two files or two folders")
-    results, truths = _images(pred), _images(truth)
+    results, truths = _media(pred), _media(truth)
     missing = sorted(set(results) - set(truths))
     if missing:
         raise EvaluationError(f"{len(missing)} result(s) have no ground truth, e.g. {missing[0]}")
     if not results:
-        raise EvaluationError(f"no images in {pred}")
+        raise EvaluationError(f"no images or videos in {pred}")
     return [(name, results[name], truths[name]) for name in results]
+
+
+def _is_video(path: Path) -> bool:
+    suffix = path.suffix.lower()
+    if suffix in VIDEO_SUFFIXES:
+        return True
+    return suffix not in SUPPORTED_SUFFIXES and is_video(path)
+
+
+def split_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list, list]:
+    """``(photo pairs, video pairs)``; a video must be paired with a video, and one set holds one kind."""
+    photos, videos = [], []
+    for name, pred, true in pairs:
+        kinds = _is_video(pred), _is_video(true)
+        if kinds[0] != kinds[1]:
+            raise MismatchError(f"{name}: the {'result' if kinds[0] else 'truth'} is a video and the other is not")
+        (videos if kinds[0] else photos).append((name, pred, true))
+    if photos and videos:
+        raise MismatchError(f"give photos or videos, not both ({len(photos)} photo(s), {len(videos)} video(s))")
+    return photos, videos
 
 
 def _chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float64)).permute(2, 0, 1)
 
 
-def evaluate_pairs(pairs: list[tuple[str, Path, Path]], prior: torch.Tensor) -> tuple[dict, list[PairScores]]:
-    curve = AbErrorCurve(rebalance_weights(prior, lam=0.0))
-    scores: list[PairScores] = []
-    for name, pred_path, true_path in pairs:
-        pred, true = _chw(read_photo(pred_path).rgb), _chw(read_photo(true_path).rgb)
-        if pred.shape != true.shape:
-            raise EvaluationError(
-                f"{name}: sizes differ ({pred.shape[2]}x{pred.shape[1]} vs {true.shape[2]}x{true.shape[1]})"
-            )
-        lab_p, lab_t = color.rgb_to_lab(pred), color.rgb_to_lab(true)
-        curve.update(lab_p[1:], lab_t[1:])
-        scores.append(
-            PairScores(
-                name=name,
-                psnr=float(psnr(pred, true)),
-                ssim=float(ssim(pred[None], true[None])[0]),
-                ciede2000=float(ciede2000(lab_p, lab_t).mean()),
-                colourfulness=float(colourfulness(pred)),
-                colourfulness_true=float(colourfulness(true)),
-                lightness_error=float((lab_p[0] - lab_t[0]).abs().mean()),
-            )
+def score_images(name: str, pred: np.ndarray, true: np.ndarray, curve: AbErrorCurve) -> PairScores:
+    """The per-image scores of a result against its truth, both RGB ``(H, W, 3)`` in [0, 1] (float, or
+    uint8 meaning value / 255); the pixels' ab errors go into ``curve``."""
+    if pred.shape != true.shape:
+        raise MismatchError(
+            f"{name}: sizes differ ({pred.shape[1]}x{pred.shape[0]} vs {true.shape[1]}x{true.shape[0]})"
         )
-    cf = np.array([s.colourfulness for s in scores])
-    cf_true = np.array([s.colourfulness_true for s in scores])
-    summary = {
-        "images": len(scores),
-        "auc": curve.auc(),
-        "auc_rebalanced": curve.auc_rebalanced(),
-        "psnr": float(np.mean([s.psnr for s in scores])),
-        "ssim": float(np.mean([s.ssim for s in scores])),
-        "ciede2000": float(np.mean([s.ciede2000 for s in scores])),
-        "colourfulness": float(cf.mean()),
-        "colourfulness_true": float(cf_true.mean()),
-        "colourfulness_gap_per_image": float(np.abs(cf - cf_true).mean()),
-        "colourfulness_gap_of_means": float(abs(cf.mean() - cf_true.mean())),
-        "lightness_error": float(np.mean([s.lightness_error for s in scores])),
+    p, t = _chw(pred), _chw(true)
+    if pred.dtype == np.uint8:
+        p, t = p / 255, t / 255
+    lab_p, lab_t = color.rgb_to_lab(p), color.rgb_to_lab(t)
+    curve.update(lab_p[1:], lab_t[1:])
+    return PairScores(
+        name=name,
+        psnr=float(psnr(p, t)),
+        ssim=float(ssim(p[None], t[None])[0]),
+        ciede2000=float(ciede2000(lab_p, lab_t).mean()),
+        colourfulness=float(colourfulness(p)),
+        colourfulness_true=float(colourfulness(t)),
+        lightness_error=float((lab_p[0] - lab_t[0]).abs().mean()),
+    )
+
+
+_MEANS = ("psnr", "ssim", "ciede2000", "colourfulness", "colourfulness_true", "lightness_error")
+
+
+class ScorePool:
+    """Per-image scores pooled over a set of images or frames: running sums and the ab-error curve,
+    so a long film costs no memory per frame."""
+
+    def __init__(self, prior: torch.Tensor):
+        self.curve = AbErrorCurve(rebalance_weights(prior, lam=0.0))
+        self.count = 0
+        self._sums = dict.fromkeys(_MEANS, 0.0)
+        self._cf_gap = 0.0
+
+    def add(self, name: str, pred: np.ndarray, true: np.ndarray) -> PairScores:
+        s = score_images(name, pred, true, self.curve)
+        self.count += 1
+        for key in _MEANS:
+            self._sums[key] += getattr(s, key)
+        self._cf_gap += abs(s.colourfulness - s.colourfulness_true)
+        return s
+
+    def merge(self, other: ScorePool) -> None:
+        self.curve.plain += other.curve.plain
+        self.curve.rebalanced += other.curve.rebalanced
+        self.count += other.count
+        for key in _MEANS:
+            self._sums[key] += other._sums[key]
+        self._cf_gap += other._cf_gap
+
+    def summary(self) -> dict:
+        """AuC pooled over all pixels, the other metrics averaged over images (see the module doc)."""
+        n = max(self.count, 1)
+        mean = {key: self._sums[key] / n for key in _MEANS}
+        return {
+            "auc": self.curve.auc(),
+            "auc_rebalanced": self.curve.auc_rebalanced(),
+            "psnr": mean["psnr"],
+            "ssim": mean["ssim"],
+            "ciede2000": mean["ciede2000"],
+            "colourfulness": mean["colourfulness"],
+            "colourfulness_true": mean["colourfulness_true"],
+            "colourfulness_gap_per_image": self._cf_gap / n,
+            "colourfulness_gap_of_means": abs(mean["colourfulness"] - mean["colourfulness_true"]),
+            "lightness_error": mean["lightness_error"],
+        }
+
+
+def evaluate_pairs(pairs: list[tuple[str, Path, Path]], prior: torch.Tensor) -> tuple[dict, list[PairScores]]:
+    pool = ScorePool(prior)
+    scores = [pool.add(name, read_photo(pred).rgb, read_photo(true).rgb) for name, pred, true in pairs]
+    return {"images": len(scores), **pool.summary()}, scores
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos
+# ---------------------------------------------------------------------------------------------
+
+
+def video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of the first video stream (cover art skipped) as 8-bit RGB ``(H, W, 3)``, converted
+    with the stream's declared matrix and range as the film pipeline reads them
+    (``engines.video.decode_colorspace``), each at the first frame's size. Streamed, one frame at a time.
+    Raises EvaluationError when the file cannot be opened or decoded."""
+    try:
+        with av.open(str(path)) as container:
+            streams = [s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic]
+            if not streams:
+                raise EvaluationError(f"{path.name}: no video stream")
+            size = None
+            for frame in container.decode(streams[0]):
+                matrix, rng = decode_colorspace(frame)
+                kwargs = {"src_colorspace": matrix, "src_color_range": rng} if matrix is not None else {}
+                if size is None:
+                    size = frame.width, frame.height
+                elif (frame.width, frame.height) != size:
+                    kwargs.update(width=size[0], height=size[1], interpolation="BICUBIC")
+                yield frame.to_ndarray(format="rgb24", threads=1, **kwargs)
+    except av.FFmpegError as exc:
+        raise EvaluationError(f"{path.name}: cannot read: {exc.strerror or exc}") from None
+
+
+def _unit(rgb_u8: np.ndarray) -> np.ndarray:
+    return rgb_u8.astype(np.float32) / 255
+
+
+def _chw_u8(rgb_u8: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(rgb_u8).permute(2, 0, 1)
+
+
+def evaluate_video(name: str, pred: Path, true: Path, pool: ScorePool) -> dict:
+    """Score one film against its truth: its frames go into ``pool``; returns the video's own numbers
+    (frames, warping error and CDC of result and truth). One pass over both files; the flow of each
+    truth frame pair is computed once and serves both warping errors."""
+    cdc_pred, cdc_true = ColourDistributionConsistency(), ColourDistributionConsistency()
+    warp_pred = warp_true = 0.0
+    frames = 0
+    prev: tuple[np.ndarray, np.ndarray] | None = None
+    preds, trues = video_frames(pred), video_frames(true)
+    for p, t in itertools.zip_longest(preds, trues):
+        if p is None or t is None:
+            n_pred = frames + (p is not None) + sum(1 for _ in preds)
+            n_true = frames + (t is not None) + sum(1 for _ in trues)
+            raise MismatchError(f"{name}: frame counts differ ({n_pred} in the result, {n_true} in the truth)")
+        if p.shape != t.shape:
+            raise MismatchError(f"{name}: frame sizes differ ({p.shape[1]}x{p.shape[0]} vs {t.shape[1]}x{t.shape[0]})")
+        pool.add(f"{name}#{frames}", p, t)
+        cdc_pred.update(_chw_u8(p))
+        cdc_true.update(_chw_u8(t))
+        p, t = _unit(p), _unit(t)
+        if prev is not None:
+            # Lai et al.: flow and occlusion from the truth, applied to the result (and to the truth).
+            flow, mask = reference_flow(prev[1], t)
+            warp_pred += pair_warping_error(prev[0], p, flow, mask)
+            warp_true += pair_warping_error(prev[1], t, flow, mask)
+        prev = p, t
+        frames += 1
+    if frames < 2:
+        raise EvaluationError(f"{name}: a video needs at least two frames, got {frames}")
+    enough = cdc_true.frames > max(cdc_true.steps)
+    return {
+        "name": name,
+        "frames": frames,
+        "warping_error": warp_pred / (frames - 1),
+        "warping_error_truth": warp_true / (frames - 1),
+        "cdc": cdc_pred.value() if enough else None,
+        "cdc_truth": cdc_true.value() if enough else None,
     }
-    return summary, scores
+
+
+def evaluate_videos(pairs: list[tuple[str, Path, Path]], prior: torch.Tensor) -> tuple[dict, list[dict]]:
+    """Per-frame metrics pooled over every frame of every video, warping error and CDC averaged over
+    videos (CDC over the videos long enough to have one, None if none is). Per video: its own frame
+    metrics and temporal numbers."""
+    total = ScorePool(prior)
+    per_video = []
+    for name, pred, true in pairs:
+        pool = ScorePool(prior)
+        numbers = evaluate_video(name, pred, true, pool)
+        total.merge(pool)
+        per_video.append({**numbers, **pool.summary()})
+
+    def mean(key: str) -> float | None:
+        values = [v[key] for v in per_video if v[key] is not None]
+        return float(np.mean(values)) if values else None
+
+    summary = {
+        "videos": len(per_video),
+        "frames": total.count,
+        **total.summary(),
+        "warping_error": mean("warping_error"),
+        "warping_error_truth": mean("warping_error_truth"),
+        "cdc": mean("cdc"),
+        "cdc_truth": mean("cdc_truth"),
+    }
+    return summary, per_video
 
 
 def as_dicts(scores: list[PairScores]) -> list[dict]:

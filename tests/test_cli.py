@@ -257,3 +257,44 @@ def test_films_go_through_the_video_pipeline(tmp_path):
     assert invoke(clip).exit_code == 0 and (tmp_path / "film_color.mov").is_file()
     r = invoke(clip)
     assert r.exit_code == 1 and "--overwrite" in r.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# colorize eval on films
+# --------------------------------------------------------------------------------------------
+
+
+def test_eval_videos_json_has_the_video_metrics(tmp_path):
+    from tests.test_evaluation import flickered, moving_frames, write_video
+
+    frames = moving_frames(n=8)
+    truth = write_video(tmp_path / "gt" / "shot.mkv", frames)
+    write_video(tmp_path / "res" / "shot.mp4", flickered(frames), "libx264")
+    r = runner.invoke(app, ["eval", str(tmp_path / "res"), str(tmp_path / "gt"), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["summary"]["videos"] == 1 and out["summary"]["frames"] == 8
+    assert [v["name"] for v in out["videos"]] == ["shot"]
+    s = out["summary"]
+    assert s["warping_error"] > 10 * s["warping_error_truth"] and s["cdc"] > 10 * s["cdc_truth"]
+    r = runner.invoke(app, ["eval", str(truth), str(truth), "--json"])
+    s = json.loads(r.stdout)["summary"]
+    assert s["auc"] == 100.0 and s["warping_error"] == s["warping_error_truth"] and s["cdc"] == s["cdc_truth"]
+
+
+@pytest.mark.parametrize(
+    ("result_frames", "message"),
+    [
+        (lambda f: f[:7], "colorize: eval: shot: frame counts differ (7 in the result, 8 in the truth)"),
+        (lambda f: [x[:24, :32].copy() for x in f], "colorize: eval: shot: frame sizes differ (32x24 vs 64x48)"),
+    ],
+)
+def test_eval_videos_that_do_not_match_exit_2_with_one_line(tmp_path, result_frames, message):
+    from tests.test_evaluation import moving_frames, write_video
+
+    frames = moving_frames(n=8)
+    truth = write_video(tmp_path / "shot.mkv", frames)
+    result = write_video(tmp_path / "res" / "shot.mkv", result_frames(frames))
+    r = runner.invoke(app, ["eval", str(result), str(truth)])
+    assert r.exit_code == 2
+    assert r.stderr.strip() == message and r.stdout == ""

@@ -1,6 +1,7 @@
 """`colorize eval` metrics: against scikit-image's implementations, and on cases with known answers."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -11,9 +12,19 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 from colorcli.app import app
+from engines import temporal
 from engines.color import lab_to_rgb
-from engines.evaluation import EvaluationError, evaluate_pairs, pair_files, training_prior
-from engines.metrics import ciede2000, psnr, ssim
+from engines.evaluation import (
+    EvaluationError,
+    MismatchError,
+    evaluate_pairs,
+    evaluate_videos,
+    pair_files,
+    split_pairs,
+    training_prior,
+    video_frames,
+)
+from engines.metrics import cdc, ciede2000, psnr, ssim
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +115,123 @@ def test_eval_command_table_json_and_errors(tmp_path, photo):
     assert r.exit_code == 0 and "CIEDE2000" in r.stdout
     r = runner.invoke(app, ["eval", str(tmp_path / "res"), str(tmp_path / "missing")])
     assert r.exit_code == 1 and "eval:" in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# Videos: small synthetic films, written losslessly (FFV1 in Matroska) with PyAV
+# ---------------------------------------------------------------------------------------------
+
+
+def write_video(path, frames: list[np.ndarray], codec: str = "ffv1") -> Path:
+    """8-bit RGB frames -> a film: FFV1 (bgr0, lossless) or libx264 CRF 0 in yuv444p (lossless in YUV)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=25)
+        stream.width, stream.height = w, h
+        stream.pix_fmt = "bgr0" if codec == "ffv1" else "yuv444p"
+        if codec == "libx264":
+            stream.options = {"crf": "0"}
+        for frame in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path
+
+
+def moving_frames(n: int = 10, h: int = 48, w: int = 64, seed: int = 0) -> list[np.ndarray]:
+    """A smooth colourful texture panning 2 px right and 1 px down per frame."""
+    rng = np.random.default_rng(seed)
+    big = cv2.GaussianBlur(rng.integers(0, 256, (h + 40, w + 40, 3), dtype=np.uint8), (0, 0), 3)
+    big = cv2.normalize(big, None, 0, 255, cv2.NORM_MINMAX)
+    return [np.ascontiguousarray(big[5 + i : 5 + i + h, 3 + 2 * i : 3 + 2 * i + w]) for i in range(n)]
+
+
+def flickered(frames: list[np.ndarray], seed: int = 1) -> list[np.ndarray]:
+    """Random per-frame, per-channel gains in [0.75, 1.25]: colour flicker."""
+    rng = np.random.default_rng(seed)
+    return [np.clip(f * rng.uniform(0.75, 1.25, 3), 0, 255).astype(np.uint8) for f in frames]
+
+
+@pytest.fixture(scope="module")
+def films(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("films")
+    frames = moving_frames()
+    return {
+        "truth": write_video(root / "truth" / "clip.mkv", frames),
+        "x264": write_video(root / "x264" / "clip.mp4", frames, "libx264"),
+        "flicker": write_video(root / "flicker" / "clip.mkv", flickered(frames)),
+        "short": write_video(root / "short" / "clip.mkv", frames[:8]),
+    }
+
+
+def test_video_frames_decode_losslessly(films):
+    decoded = list(video_frames(films["truth"]))
+    assert len(decoded) == 10
+    for got, want in zip(decoded, moving_frames(), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_video_against_itself_is_perfect_and_matches_the_truths_own_temporal_numbers(films):
+    summary, per_video = evaluate_videos([("clip", films["truth"], films["truth"])], training_prior())
+    assert summary["videos"] == 1 and summary["frames"] == 10 and per_video[0]["frames"] == 10
+    assert summary["auc"] == summary["auc_rebalanced"] == 100.0
+    assert summary["psnr"] > 90 and summary["ssim"] > 0.9999 and summary["ciede2000"] < 1e-6
+    assert summary["lightness_error"] < 1e-6 and summary["colourfulness_gap_per_image"] < 1e-6
+    assert summary["warping_error"] == summary["warping_error_truth"]
+    assert summary["cdc"] == summary["cdc_truth"]
+    # The numbers are those of the library functions on the decoded frames: the warping error of
+    # engines.temporal (flow from the truth) and the CDC of engines.metrics.
+    frames = [f.astype(np.float32) / 255 for f in moving_frames()]
+    assert summary["warping_error_truth"] == pytest.approx(temporal.warping_error(frames, frames), rel=1e-12)
+    assert summary["cdc_truth"] == pytest.approx(cdc(torch.from_numpy(f).permute(2, 0, 1) for f in moving_frames()))
+    assert summary["cdc_truth"] > 0  # a moving texture's histograms do change a little
+
+
+def test_video_through_another_lossless_codec_is_perfect_within_codec_tolerance(films):
+    # libx264 CRF 0 is lossless in YUV; the RGB -> YUV -> RGB round trip moves values by a level or two.
+    summary, _ = evaluate_videos([("clip", films["x264"], films["truth"])], training_prior())
+    assert summary["auc"] > 99 and summary["psnr"] > 45 and summary["ciede2000"] < 1
+    assert summary["warping_error"] == pytest.approx(summary["warping_error_truth"], rel=0.2)
+    assert summary["cdc"] < 2 * summary["cdc_truth"]
+
+
+def test_flicker_raises_warping_error_and_cdc(films):
+    summary, _ = evaluate_videos([("clip", films["flicker"], films["truth"])], training_prior())
+    assert summary["warping_error"] > 100 * summary["warping_error_truth"]
+    assert summary["cdc"] > 10 * summary["cdc_truth"]
+    assert summary["auc"] < 99  # the gains change colours too
+
+
+def test_video_pairing_by_relative_path_and_mismatches(tmp_path, films, photo):
+    # Folders of films pair by relative path, extension ignored (clip.mp4 with clip.mkv).
+    pairs = pair_files(films["x264"].parent, films["truth"].parent)
+    assert split_pairs(pairs) == ([], [("clip", films["x264"], films["truth"])])
+    with pytest.raises(MismatchError, match=r"^clip: frame counts differ \(8 in the result, 10 in the truth\)$"):
+        evaluate_videos([("clip", films["short"], films["truth"])], training_prior())
+    small = write_video(tmp_path / "small.mkv", [f[:32, :48].copy() for f in moving_frames()])
+    with pytest.raises(MismatchError, match=r"frame sizes differ \(48x32 vs 64x48\)"):
+        evaluate_videos([("clip", small, films["truth"])], training_prior())
+    _write(tmp_path / "still.png", photo)
+    with pytest.raises(MismatchError, match="the truth is a video and the other is not"):
+        split_pairs(pair_files(tmp_path / "still.png", films["truth"]))
+    _write(tmp_path / "mixed" / "a.png", photo)
+    write_video(tmp_path / "mixed" / "b.mkv", moving_frames(3))
+    with pytest.raises(MismatchError, match="photos or videos, not both"):
+        split_pairs(pair_files(tmp_path / "mixed", tmp_path / "mixed"))
+
+
+def test_eval_command_on_videos_table_and_json(films):
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", str(films["flicker"]), str(films["truth"]), "--json"])
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["summary"]["frames"] == 10 and out["videos"][0]["name"] == "clip"
+    assert out["summary"]["warping_error"] > out["summary"]["warping_error_truth"] > 0
+    assert out["summary"]["cdc"] > out["summary"]["cdc_truth"] > 0
+    r = runner.invoke(app, ["eval", str(films["flicker"]), str(films["truth"])])
+    assert r.exit_code == 0, r.output
+    assert "warping error" in r.stdout and "CDC" in r.stdout and "10 frame(s)" in r.stdout

@@ -462,3 +462,101 @@ def test_colourfulness_real_photo():
     # A colour photo is more colourful than its own gray version.
     gray = t.mean(0, keepdim=True).expand(3, -1, -1)
     assert float(M.colourfulness(t)) > 10 * max(float(M.colourfulness(gray)), 1e-3)
+
+
+# --------------------------------------------------------------------------------------------
+# CDC: Jensen-Shannon divergence of colour histograms (Liu et al. 2021)
+# --------------------------------------------------------------------------------------------
+
+
+def _frame(levels: dict[int, list[int]], h: int = 4, w: int = 8) -> torch.Tensor:
+    """A uint8 frame ``(3, H, W)``; channel c's pixels take the listed levels in equal shares (0 elsewhere)."""
+    f = torch.zeros(3, h * w, dtype=torch.uint8)
+    for c, values in levels.items():
+        f[c] = torch.tensor(values, dtype=torch.uint8).repeat_interleave(h * w // len(values))
+    return f.view(3, h, w)
+
+
+def _js_closed_form(p: list[float], q: list[float]) -> float:
+    """JS(p, q) = H((p + q) / 2) - (H(p) + H(q)) / 2, natural log."""
+
+    def h(x):
+        return -sum(v * math.log(v) for v in x if v > 0)
+
+    return h([(a + b) / 2 for a, b in zip(p, q)]) - (h(p) + h(q)) / 2
+
+
+def test_colour_histograms_count_8bit_levels_per_channel():
+    f = _frame({0: [10, 20, 20, 200], 1: [255], 2: [0, 1]})
+    hist = M.colour_histograms(f)
+    assert hist.shape == (3, 256)
+    torch.testing.assert_close(hist.sum(1), torch.ones(3, dtype=torch.float64))
+    assert (hist[0, 10], hist[0, 20], hist[0, 200]) == (0.25, 0.5, 0.25)
+    assert hist[1, 255] == 1.0 and hist[2, 0] == hist[2, 1] == 0.5
+    # Float frames in [0, 1] are binned at their 8-bit level.
+    torch.testing.assert_close(M.colour_histograms(f.double() / 255), hist)
+
+
+def test_js_divergence_known_answers_symmetry_and_bound(rng):
+    p, q = [0.5, 0.5, 0.0], [0.0, 0.25, 0.75]
+    got = M.js_divergence(torch.tensor(p), torch.tensor(q))
+    assert float(got) == pytest.approx(_js_closed_form(p, q), abs=1e-12)
+    assert float(M.js_divergence(torch.tensor(p), torch.tensor(p))) == 0.0
+    assert float(M.js_divergence(torch.tensor([1.0, 0, 0]), torch.tensor([0, 0.5, 0.5]))) == pytest.approx(math.log(2))
+    a = torch.from_numpy(rng.dirichlet(np.full(256, 0.3), size=50))
+    b = torch.from_numpy(rng.dirichlet(np.full(256, 0.3), size=50))
+    ab, ba = M.js_divergence(a, b), M.js_divergence(b, a)
+    torch.testing.assert_close(ab, ba, rtol=0, atol=1e-15)
+    assert (ab > 0).all() and (ab <= M.JS_MAX).all()
+    from scipy.spatial.distance import jensenshannon  # its distance is the square root of the divergence
+
+    np.testing.assert_allclose(ab.numpy(), [jensenshannon(x, y) ** 2 for x, y in zip(a.numpy(), b.numpy())], atol=1e-12)
+
+
+def test_cdc_identical_frames_is_zero():
+    f = _frame({0: [10, 20], 1: [30], 2: [40, 50, 60, 70]})
+    assert M.cdc([f] * 6) == 0.0
+
+
+def test_cdc_known_histogram_shift_and_step_averaging():
+    # Red alternates between two distributions, green and blue stay put. Frames 1 apart differ by
+    # JS(p, q); frames 2 and 4 apart are equal. So CDC = mean over steps (1, 2, 4) of the mean over
+    # channels = (JS(p, q) / 3 + 0 + 0) / 3.
+    p, q = [0.5, 0.5, 0.0], [0.0, 0.25, 0.75]  # over levels 100, 101, 102
+    a = _frame({0: [100, 101], 1: [7], 2: [9]})
+    b = _frame({0: [101, 102, 102, 102], 1: [7], 2: [9]})
+    assert M.cdc([a, b] * 5) == pytest.approx(_js_closed_form(p, q) / 9, abs=1e-12)
+    # A single shift in the middle: a a a a b b b b. Step 1: 1 of 7 pairs differ; step 2: 2 of 6;
+    # step 4: 4 of 4 -- with disjoint red histograms, JS = ln 2.
+    c = _frame({0: [200], 1: [7], 2: [9]})
+    expected = math.log(2) / 3 * (1 / 7 + 2 / 6 + 4 / 4) / 3
+    assert M.cdc([a] * 4 + [c] * 4) == pytest.approx(expected, abs=1e-12)
+    assert M.cdc([a] * 4 + [c] * 4) == pytest.approx(M.cdc([c] * 4 + [a] * 4), abs=1e-15)  # time-symmetric
+
+
+def test_cdc_agrees_with_the_authors_evaluation_code(rng):
+    """Against a transcription of TCVC's ``compute_JS_bgr``/CDC (cv2.calcHist on BGR, 256 bins, scipy
+    entropy, dilations 1, 2, 4 with weights 1/3)."""
+    import cv2
+    from scipy import stats
+
+    frames = [(rng.integers(0, 256, (12, 16, 3)) // rng.integers(1, 4)).astype(np.uint8) for _ in range(9)]
+
+    def js(p, q):
+        m = (p + q) / 2
+        return 0.5 * stats.entropy(p, m) + 0.5 * stats.entropy(q, m)
+
+    hists = [[cv2.calcHist([f], [c], None, [256], [0, 256]).ravel() / (12 * 16) for c in range(3)] for f in frames]
+    ref = 0.0
+    for d in (1, 2, 4):
+        per_channel = [np.mean([js(hists[i][c], hists[i + d][c]) for i in range(len(frames) - d)]) for c in range(3)]
+        ref += np.mean(per_channel) / 3
+    ours = M.cdc(torch.from_numpy(f[..., ::-1].copy()).permute(2, 0, 1) for f in frames)  # as RGB
+    assert ours == pytest.approx(ref, rel=1e-9)
+
+
+def test_cdc_needs_a_pair_at_every_step():
+    f = _frame({0: [1]})
+    with pytest.raises(ValueError, match="more than 4 frames"):
+        M.cdc([f] * 4)
+    assert M.cdc([f, _frame({0: [2]})], steps=(1,)) == pytest.approx(math.log(2) / 3)
