@@ -29,6 +29,21 @@ ENGINES: dict[str, EngineSpec] = {
             "(weight mix of a Huber run and a class-rebalanced Huber run)"
         ),
     ),
+    "classification": EngineSpec(
+        name="classification",
+        family="classification",
+        weights="classification.pt",
+        summary=(
+            "Zhang et al. 2016: U-Net predicting a distribution over quantised ab bins, class-rebalanced, "
+            "decoded by annealed mean (vivid)"
+        ),
+    ),
+    "gan": EngineSpec(
+        name="gan",
+        family="gan",
+        weights="gan.pt",
+        summary="pix2pix: U-Net generator with a noise input trained against a 70x70 PatchGAN critic",
+    ),
 }
 
 
