@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from engines import color, temporal
+from engines.evaluation import video_frames
 from engines.pipeline import load_colorizer
 from engines.runtime import select_backend
 from engines.video import (
@@ -99,16 +100,8 @@ def measure_speed(clip: Path, predict_ab, repeat: int, tmp: Path) -> dict[str, t
 
 
 def rgb_frames(path: Path) -> Iterator[np.ndarray]:
-    """Decoded frames as float32 RGB (H, W, 3) in [0, 1], with the stream's declared matrix and range."""
-    with av.open(str(path)) as c:
-        for frame in c.decode(video=0):
-            matrix, rng = decode_colorspace(frame)
-            yield (
-                frame.to_ndarray(format="rgb24", src_colorspace=matrix, src_color_range=rng, threads=1).astype(
-                    np.float32
-                )
-                / 255
-            )
+    """Decoded frames as float32 RGB (H, W, 3) in [0, 1], read as ``colorize eval`` reads them."""
+    return (frame.astype(np.float32) / 255 for frame in video_frames(path))
 
 
 def _ab(rgb: np.ndarray) -> torch.Tensor:

@@ -33,7 +33,7 @@ def sample_grid(task, rgb: torch.Tensor, scale: int = 2) -> np.ndarray:
     lab = color.rgb_to_lab(rgb)
     l = lab[:, :1]
     pred = color.lab_to_rgb_keep_lightness(l, task.predict_ab(l))
-    gray = color.lab_to_rgb_keep_lightness(l, torch.zeros_like(lab[:, 1:]))
+    gray = color.lightness_to_rgb_gray(l)
     rows = [torch.cat(list(x), dim=2) for x in (gray, pred, rgb)]  # each (3, S, N*S)
     grid = torch.cat(rows, dim=1).clamp(0, 1)
     out = (grid.permute(1, 2, 0).numpy() * 255 + 0.5).astype(np.uint8)
