@@ -61,9 +61,10 @@ def _root(
 
 class BackendChoice(str, Enum):
     auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
     tensorrt = "tensorrt"
+    cuda = "cuda"
+    onnxruntime = "onnxruntime"
+    cpu = "cpu"
 
 
 def _err(msg: str) -> None:
@@ -188,9 +189,6 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     except BackendUnavailable as e:
         _err(str(e))
         return EXIT_USAGE
-    if opts.verbose:
-        for note in backend.notes:
-            _err(f"backend: {note}")
     try:
         colorizer = load_colorizer(
             opts.model, backend, weights=opts.weights, working_size=opts.working_size, **opts.decode_options
@@ -198,6 +196,9 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     except (CheckpointError, OSError, ValueError) as e:
         _err(f"cannot load model: {e}")
         return EXIT_USAGE
+    if opts.verbose:
+        for note in colorizer.notes:
+            _err(f"backend: {note}")
     colorizer.seed = opts.seed
     if opts.samples > 1 and not colorizer.noise_input:
         _err(f"--samples needs an engine with a noise input (a GAN engine); {opts.model} has none")
@@ -253,9 +254,9 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
         return f"output {out} exists (use --overwrite to replace it)"
     threads = torch.get_num_threads()
     if colorizer.device.type == "cpu":
-        # Decoding, the engine and encoding run in parallel threads: one torch thread avoids
+        # Decoding, the engine and encoding run in parallel threads: one engine thread avoids
         # oversubscribing the cores (measured 5-10x slower torch ops with 2 threads on 2 cores).
-        torch.set_num_threads(1)
+        colorizer.set_threads(1)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         report = colorize_video(Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames)
@@ -266,7 +267,7 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
     except Exception as e:  # noqa: BLE001 - a bug of ours: still one line, and the batch goes on
         return f"internal error: {type(e).__name__}: {e}"
     finally:
-        torch.set_num_threads(threads)
+        colorizer.set_threads(threads)
     job.notes = [*report.reencoded_streams, *report.notes]
     if report.corrupt_frames_bridged:
         job.notes.append(f"{report.corrupt_frames_bridged} corrupt frame(s) bridged with the previous frame")

@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -6,6 +7,8 @@ import torch
 
 # Two cores on CI: keep torch from oversubscribing them.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Caches (ONNX exports, the CPU runner verdict, TensorRT engines) go to a fresh folder, not the user's.
+os.environ["COLORIZE_CACHE_DIR"] = tempfile.mkdtemp(prefix="colorize-test-cache-")
 
 
 @pytest.fixture

@@ -99,7 +99,7 @@ def test_selection_without_tensorrt():
     with pytest.raises(BackendUnavailable, match="tensorrt backend unavailable"):
         select_backend("tensorrt")
     auto = select_backend("auto")
-    assert auto.name in ("cuda", "cpu") and any(n.startswith("tensorrt skipped:") for n in auto.notes)
+    assert auto.name in ("cuda", "cpu-fastest") and any(n.startswith("tensorrt skipped:") for n in auto.notes)
     assert (auto.name == "cuda") == torch.cuda.is_available()
     r = CliRunner().invoke(app, ["trt", "build"])
     assert r.exit_code == 2 and "tensorrt backend unavailable" in r.stderr

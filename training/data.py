@@ -94,12 +94,11 @@ class ImageSet:
     dropped_gray: int
 
 
-def load_source(path: Path, size: int, cache_dir: Path) -> ImageSet:
-    """Decode a source once (gray images dropped) and cache it under ``cache_dir``."""
+def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False) -> ImageSet:
+    """Decode a source once (gray images dropped unless ``keep_gray``) and cache it under ``cache_dir``."""
     st = path.stat()
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{GRAY_CHROMA_P95}".encode()).hexdigest()[
-        :16
-    ]
+    gray = "keep" if keep_gray else GRAY_CHROMA_P95
+    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{gray}".encode()).hexdigest()[:16]
     cache = cache_dir / f"{path.name}-{size}-{key}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
@@ -111,7 +110,7 @@ def load_source(path: Path, size: int, cache_dir: Path) -> ImageSet:
             names.append(name)
             images.append(rgb)
     rgb_u8 = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
-    keep = chroma_p95(rgb_u8) >= GRAY_CHROMA_P95
+    keep = np.ones(len(rgb_u8), bool) if keep_gray else chroma_p95(rgb_u8) >= GRAY_CHROMA_P95
     result = ImageSet(rgb_u8[keep], [n for n, k in zip(names, keep) if k], int((~keep).sum()))
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
@@ -182,12 +181,13 @@ class BatchSampler:
         self.gen.set_state(state["gen"])
         self._order = self._permutation()
 
-    def next_batch(self, rank: int = 0, world: int = 1) -> torch.Tensor:
+    def next_batch(self, rank: int = 0, world: int = 1, with_index: bool = False):
         """This rank's share of the next global batch: ``(B / world, 3, out, out)`` sRGB in [0, 1].
 
         Every rank draws the same global batch and the same crop parameters, and keeps its own
         contiguous slice, so the ranks together train on exactly what one process would; each rank
-        only decodes and resamples its own images.
+        only decodes and resamples its own images. ``with_index`` also returns the images' indices
+        into the concatenated sources (a classifier's labels are looked up by them).
         """
         if self.offset + self.batch_size > len(self._order):  # drop the tail: every batch is full
             self.epoch, self.offset = self.epoch + 1, 0
@@ -204,4 +204,4 @@ class BatchSampler:
             if mine.any():
                 out[mine] = apply_crops(src[idx[mine] - start], theta[mine], self.out_size)
             start += n
-        return out
+        return (out, idx) if with_index else out

@@ -1,0 +1,121 @@
+"""Backends other than TensorRT: selection, the same picture from each runner, the CPU runner choice
+and its cache, the ONNX export cache, and FP16's distance from FP32."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engines import color, runtime
+from engines.photo_io import read_photo
+from engines.pipeline import load_colorizer
+from engines.registry import ENGINES
+from engines.runtime import BackendUnavailable, select_backend
+
+pytest.importorskip("onnxruntime")
+
+PHOTO = "examples/astronaut_gray.jpg"
+# Runners differ only by floating-point summation order: ab within this many CIELAB units.
+BACKEND_MAX_AB_DIFF = 0.05
+
+
+def _ab(c, rgb):
+    l = color.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))[None]
+    return c.predict_ab(l)
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return read_photo(PHOTO).rgb
+
+
+def test_unknown_and_unavailable_backends_are_clear_errors():
+    with pytest.raises(BackendUnavailable, match="unknown backend 'warp'"):
+        select_backend("warp")
+    if not torch.cuda.is_available():
+        with pytest.raises(BackendUnavailable, match="cuda backend unavailable: no CUDA GPU"):
+            select_backend("cuda")
+        auto = select_backend("auto")
+        assert auto.name == "cpu-fastest"
+        assert [n.split(":")[0] for n in auto.notes] == ["tensorrt skipped", "cuda skipped"]
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_every_cpu_backend_gives_the_same_picture(name, photo):
+    ref = _ab(load_colorizer(name, select_backend("cpu")), photo)
+    worst = 0.0
+    for backend in ("onnxruntime", "auto"):
+        c = load_colorizer(name, select_backend(backend))
+        assert any("picked" in n or "requested" in n for n in c.notes)
+        worst = max(worst, float((_ab(c, photo) - ref).abs().max()))
+    print(f"{name}: max |ab| difference between CPU backends = {worst:.2e}")
+    assert worst < BACKEND_MAX_AB_DIFF
+
+
+def test_cpu_choice_is_measured_once_then_cached(monkeypatch, tmp_path):
+    monkeypatch.setenv("COLORIZE_CACHE_DIR", str(tmp_path))
+    first = load_colorizer("regression", select_backend("auto"))
+    assert "measured now" in first.notes[-1]
+    store = json.loads((tmp_path / "cpu-choice.json").read_text())
+    (key, speedup), = store.items()
+    assert isinstance(speedup, float) and speedup > 0
+    second = load_colorizer("regression", select_backend("auto"))
+    assert "cached measurement" in second.notes[-1]
+    # The verdict follows the measurement: a cached slowdown keeps PyTorch.
+    (tmp_path / "cpu-choice.json").write_text(json.dumps({key: 0.5}))
+    third = load_colorizer("regression", select_backend("auto"))
+    assert isinstance(third.model, torch.nn.Module) and not isinstance(third.model, runtime.OnnxRuntimeModel)
+    assert third.notes[-1].startswith("cpu (PyTorch) picked: onnxruntime only 0.50x")
+    (tmp_path / "cpu-choice.json").write_text(json.dumps({key: 3.0}))
+    assert isinstance(load_colorizer("regression", select_backend("auto")).model, runtime.OnnxRuntimeModel)
+    # A damaged store is measured again, not trusted.
+    (tmp_path / "cpu-choice.json").write_text("{not json")
+    assert "measured now" in load_colorizer("regression", select_backend("auto")).notes[-1]
+
+
+def test_a_damaged_onnx_cache_entry_is_exported_again(monkeypatch, tmp_path, photo):
+    monkeypatch.setenv("COLORIZE_CACHE_DIR", str(tmp_path))
+    ref = _ab(load_colorizer("regression", select_backend("onnxruntime")), photo)
+    (entry,) = (tmp_path / "onnx").glob("*.onnx")
+    entry.write_bytes(b"garbage")
+    again = _ab(load_colorizer("regression", select_backend("onnxruntime")), photo)
+    assert torch.equal(ref, again) and entry.stat().st_size > 1000
+
+
+def test_onnxruntime_threads_can_change(photo):
+    c = load_colorizer("regression", select_backend("onnxruntime"))
+    ref = _ab(c, photo)
+    c.set_threads(1)
+    assert c.model.session.get_session_options().intra_op_num_threads == 1
+    assert torch.allclose(_ab(c, photo), ref, atol=1e-4)
+    c.set_threads(torch.get_num_threads())
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_fp16_stays_close_to_fp32(name, photo):
+    """What the CUDA backend's half precision costs, measured on the CPU's FP16 kernels."""
+    c = load_colorizer(name, select_backend("cpu"))
+    ref = _ab(c, photo)
+    net = c.model.half()
+
+    class Half(torch.nn.Module):
+        multiple = net.multiple
+
+        def forward(self, x):
+            return net(x.half()).float()
+
+    c.model = Half()
+    diff = (_ab(c, photo) - ref).abs()
+    print(f"{name}: FP16 vs FP32 ab difference: max {float(diff.max()):.3f}, mean {float(diff.mean()):.4f}")
+    assert float(diff.max()) < runtime.FP16_MAX_AB_DIFF
+    assert float(diff.mean()) < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on the development machines)")
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_cuda_matches_cpu(name, photo):  # pragma: no cover - runs only where a GPU is present
+    ref = _ab(load_colorizer(name, select_backend("cpu")), photo)
+    c = load_colorizer(name, select_backend("cuda"))
+    for _ in range(2):  # the second call replays the captured CUDA graph
+        assert float((_ab(c, photo) - ref).abs().max()) < runtime.FP16_MAX_AB_DIFF
