@@ -1,32 +1,43 @@
-"""Engine cost: FLOPs (counted, deterministic), throughput and photo latency on this machine.
+"""Engine speed per backend and working size, beside Zhang et al.'s ECCV16 network in the same run.
 
-    python -m benchmarks.speed [--out benchmarks/results]
+    python -m benchmarks.speed [--sizes 256 512] [--out benchmarks/results]
 
-FLOPs are counted by ``torch.utils.flop_counter`` (a multiply-add counts as 2 FLOPs, the convention
-under which Zhang et al.'s ECCV16 network costs about 84 GFLOPs at 256x256). Times are medians of
-repeated runs after warm-up, in one process; they mean something only relative to each other and on
-the machine named in the output.
+For each engine (and the ECCV16 re-implementation, untrained: see ``benchmarks/eccv16.py``), at each
+working size, on every backend this machine has: images per second through the network alone
+(medians of timed calls after warm-up, batches as in the table), FLOPs per image (counted by
+``torch.utils.flop_counter``, a multiply-add = 2 FLOPs), and the speed ratio to ECCV16 on the same
+backend. Then, end to end: one 481x321 photo coloured in process (latency) and the whole
+``colorize`` command on it in a fresh process (wall time and peak resident memory). On a GPU the
+FP32/FP16 agreement is measured too. Writes ``speed.md`` and ``speed.png`` under ``--out``.
+
+Times are comparable only within one run: the table records the machine, the versions, the commit
+and the load average when it started.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from engines.export import INPUT_NAME, export_onnx
+from benchmarks.eccv16 import ECCV16
+from engines import runtime
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
-from engines.runtime import select_backend
 
 ROOT = Path(__file__).resolve().parents[1]
-ECCV16_GFLOPS_256 = 84.0  # as stated for Zhang et al. 2016's network in the project's issue
+PHOTO = ROOT / "examples" / "astronaut_gray.jpg"
 
 
 def gflops(model: torch.nn.Module, size: int) -> float:
@@ -35,66 +46,180 @@ def gflops(model: torch.nn.Module, size: int) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def median_seconds(fn, repeat: int = 10, warmup: int = 2) -> float:
+def median_seconds(fn, min_total: float = 2.0, min_repeat: int = 3, warmup: int = 2) -> float:
+    """Median of timed calls: at least ``min_repeat`` and at least ``min_total`` seconds in all."""
     for _ in range(warmup):
         fn()
-    times = []
-    for _ in range(repeat):
+    times: list[float] = []
+    while len(times) < min_repeat or (sum(times) < min_total and len(times) < 50):
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
 
 
-def onnx_session(model: torch.nn.Module, folder: Path):
-    import onnxruntime as ort
+def machine() -> str:
+    import onnxruntime
 
-    path = folder / "speed-engine.onnx"
-    folder.mkdir(parents=True, exist_ok=True)
-    export_onnx(model, path)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = torch.get_num_threads()
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    path.unlink()
-    return session
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; GPU: {gpu}. "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}. "
+        f"Commit {commit}, {time.strftime('%Y-%m-%d %H:%M')}, load average at start {os.getloadavg()[0]:.1f}."
+    )
+
+
+def networks() -> dict[str, torch.nn.Module]:
+    nets = {name: load_colorizer(name, runtime.select_backend("cpu")).model for name in ENGINES}
+    torch.manual_seed(0)
+    eccv = ECCV16().eval()
+    eccv.config = SimpleNamespace(in_channels=1)  # what the runners and the FLOP counter read
+    nets["eccv16"] = eccv
+    return nets
+
+
+def runners(name: str, net: torch.nn.Module) -> dict[str, torch.nn.Module]:
+    """Every runner this machine has for ``net``: label -> module taking (N, C, H, W) float32."""
+    out = {"cpu (PyTorch)": net.to(memory_format=torch.channels_last)}
+    if runtime._ort_problem() is None:
+        out["onnxruntime"] = runtime.OnnxRuntimeModel(net, f"speed-benchmark-{name}")
+    if torch.cuda.is_available():  # pragma: no cover - GPU machines only
+        import copy
+
+        out["cuda FP32"] = runtime.CudaModel(copy.deepcopy(net).float(), half=False, graphs=False)
+        out["cuda FP16 + graphs"] = runtime.CudaModel(copy.deepcopy(net).float(), half=True, graphs=True)
+    return out
+
+
+def batch_for(label: str, size: int) -> int:
+    if label.startswith("cuda"):
+        return 64 if size <= 256 else 16
+    return 4 if size <= 256 else 1
+
+
+def end_to_end(model: str) -> tuple[float, float, float]:
+    """(in-process photo latency ms, whole command wall s, its peak RSS MB) for ``model`` on the auto backend."""
+    from engines.photo_io import read_photo
+
+    c = load_colorizer(model, runtime.select_backend("auto"))
+    rgb = read_photo(PHOTO).rgb
+    latency = median_seconds(lambda: c.colorize(rgb), min_total=1.0) * 1000
+    with tempfile.TemporaryDirectory() as tmp:
+        code = (
+            "import resource, sys; from colorcli.app import main; sys.argv = ['colorize', *sys.argv[1:]]\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
+            "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
+        )
+        walls, peaks = [], []
+        for i in range(3):
+            t0 = time.perf_counter()
+            p = subprocess.run(
+                [sys.executable, "-c", code, str(PHOTO), "-o", f"{tmp}/out{i}.jpg", "--model", model],
+                capture_output=True, text=True, cwd=ROOT, check=True,
+            )
+            walls.append(time.perf_counter() - t0)
+            peaks.append(int(p.stdout.split("PEAK")[-1]) / 1024)
+    return latency, statistics.median(walls), max(peaks)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = sorted({r["size"] for r in rows})
+    labels = list(dict.fromkeys(r["backend"] for r in rows))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(1, len(sizes), figsize=(6 * len(sizes), 4), squeeze=False)
+    width = 0.8 / len(labels)
+    for ax, size in zip(axes[0], sizes):
+        for j, label in enumerate(labels):
+            vals = [next((r["ips"] for r in rows if (r["model"], r["size"], r["backend"]) == (m, size, label)), 0)
+                    for m in models]
+            ax.bar(np.arange(len(models)) + j * width, vals, width, label=label)
+        ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
+        ax.set_yscale("log")
+        ax.set_ylabel("images / s (log)")
+        ax.set_title(f"working size {size}x{size}")
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].legend()
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     args = p.parse_args()
-    backend = select_backend("cpu")
-    lines = [
-        f"CPU: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}.",
-        "",
-        (
-            f"| engine | size | GFLOPs / image | vs ECCV16 at that size | PyTorch images/s (batch {args.batch}) "
-            "| ONNX Runtime images/s | photo 481x321 end to end (ms) |"
-        ),
-        "|---|---:|---:|---:|---:|---:|---:|",
-    ]
-    photo = np.random.default_rng(0).random((321, 481, 3), dtype=np.float32)
+    header = machine()
+    print(header, flush=True)
+    rows: list[dict] = []
+    agreement: list[str] = []
+    with tempfile.TemporaryDirectory() as cache, torch.inference_mode():
+        os.environ["COLORIZE_CACHE_DIR"] = cache  # the benchmark's ONNX exports stay out of the user's cache
+        for name, net in networks().items():
+            for label, runner in runners(name, net).items():
+                for size in args.sizes:
+                    n = batch_for(label, size)
+                    x = torch.rand(n, net.config.in_channels, size, size) * 2 - 1
+                    if label.startswith("cuda"):  # pragma: no cover - GPU machines only
+                        x = x.cuda()
+
+                        def call(r=runner, x=x):
+                            r(x)
+                            torch.cuda.synchronize()
+                    else:
+                        def call(r=runner, x=x):
+                            r(x)
+                    s = median_seconds(call)
+                    rows.append({"model": name, "size": size, "backend": label, "batch": n, "ips": n / s,
+                                 "gflops": gflops(net, size)})
+                    print(f"{name} {size} {label}: {n / s:.1f} img/s", flush=True)
+            if torch.cuda.is_available() and name in ENGINES:  # pragma: no cover - GPU machines only
+                decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
+                x = torch.rand(8, net.config.in_channels, 256, 256) * 2 - 1
+                r = runners(name, net)
+                fp16, fp32 = (decode(r[k](x).float().cpu()) for k in ("cuda FP16 + graphs", "cuda FP32"))
+                agreement.append(f"| {name} | {(fp16 - fp32).abs().max().item():.3f} |")
+    eccv = {(r["size"], r["backend"]): r["ips"] for r in rows if r["model"] == "eccv16"}
+    lines = [header, "", "Network alone (medians after warm-up):", "",
+             "| engine | size | backend | batch | images/s | GFLOPs/image | speed vs ECCV16, same backend |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        ratio = r["ips"] / eccv[(r["size"], r["backend"])]
+        lines.append(f"| {r['model']} | {r['size']} | {r['backend']} | {r['batch']} | {r['ips']:.1f} "
+                     f"| {r['gflops']:.2f} | {ratio:.1f}x |")
+    lines += ["", f"End to end on `{PHOTO.relative_to(ROOT)}` (512x512), `--backend auto`:", "",
+              "| engine | in-process photo latency (ms) | whole command, fresh process (s) | peak RSS (MB) |",
+              "|---|---:|---:|---:|"]
     for name in ENGINES:
-        c = load_colorizer(name, backend)
-        session = onnx_session(c.model, args.out)
-        for size in (128, 256, 512):
-            g = gflops(c.model, size)
-            x = torch.randn(args.batch, 1, size, size)
-            repeat = 5 if size == 512 else 10
-            with torch.inference_mode():
-                s = median_seconds(lambda c=c, x=x: c.model(x), repeat=repeat)
-            ort_s = median_seconds(lambda s_=session, x=x: s_.run(None, {INPUT_NAME: x.numpy()}), repeat=repeat)
-            c.working_size = size
-            photo_ms = median_seconds(lambda c=c: c.colorize(photo), repeat=5) * 1000
-            vs_eccv16 = g / (ECCV16_GFLOPS_256 * (size / 256) ** 2) * 100
-            lines.append(
-                f"| {name} | {size} | {g:.2f} | {vs_eccv16:.1f}% | {args.batch / s:.0f} "
-                f"| {args.batch / ort_s:.0f} | {photo_ms:.0f} |"
-            )
-            print(lines[-1], flush=True)
+        lat, wall, peak = end_to_end(name)
+        lines.append(f"| {name} | {lat:.0f} | {wall:.2f} | {peak:.0f} |")
+        print(lines[-1], flush=True)
+    if agreement:  # pragma: no cover - GPU machines only
+        lines += ["", "FP16 (+ CUDA graphs) against FP32 on the GPU, max |ab| over 8 random 256x256 inputs:", "",
+                  "| engine | max |ab| difference |", "|---|---:|", *agreement]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    plot(rows, args.out / "speed.png")
     print("\n".join(lines))
 
 

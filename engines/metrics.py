@@ -93,6 +93,45 @@ class AbErrorCurve:
         return self._auc(self.rebalanced)
 
 
+class RgbErrorCurve(AbErrorCurve):
+    """The seed paper's CIFAR-10 protocol: the same cumulative curve over thresholds 0..150, on the
+    Euclidean distance between predicted and true sRGB colours in 8-bit units (no rebalancing)."""
+
+    def __init__(self):
+        super().__init__(None)
+
+    def update(self, rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> None:
+        """sRGB ``(..., 3, H, W)`` in [0, 1]."""
+        super().update(rgb_pred * 255, rgb_true * 255)
+
+
+def feature_stats(features) -> tuple:
+    """Mean and covariance (float64 numpy) of ``features (N, D)``, for ``frechet_distance``."""
+    import numpy as np
+
+    f = np.asarray(features, dtype=np.float64)
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (FID's formula):
+    |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+
+    tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a
+    symmetric matrix with the same spectrum, so only symmetric eigendecompositions are needed
+    (round-off negatives clipped to 0).
+    """
+    import numpy as np
+
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    w, v = np.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root1 @ s2 @ root1
+    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
+    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+
+
 def colourfulness(rgb: torch.Tensor) -> torch.Tensor:
     """Hasler and Suesstrunk (2003) colourfulness of sRGB in [0, 1], ``(..., 3, H, W)`` -> ``(...)``.
 
