@@ -386,16 +386,33 @@ def eval_(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON (summary and per-image or per-video scores).")
     ] = False,
+    classifier: Annotated[
+        Path | None,
+        typer.Option(
+            help="Photos: a classifier from `python -m training.classifier` for top-1 agreement, accuracy "
+            "(truth filed by class folders) and a Frechet distance on its features. "
+            "Default: the shipped Tiny ImageNet ResNet-18."
+        ),
+    ] = None,
+    no_classifier: Annotated[bool, typer.Option("--no-classifier", help="Skip the classifier figures.")] = False,
+    inception: Annotated[
+        Path | None,
+        typer.Option(help="Photos: the standard FID Inception weights (pt_inception-2015-12-05), for FID."),
+    ] = None,
 ) -> None:
     """Compare coloured results with the ground truth (AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL; for
-    videos also the warping error and CDC). Exit code 2 when sizes or frame counts differ."""
+    photos also classifier figures and, given its weights, FID; for videos the warping error and CDC).
+    Exit code 2 when sizes or frame counts differ."""
     from engines.evaluation import (
+        DEFAULT_CLASSIFIER,
         EvaluationError,
         MismatchError,
+        RealismProbe,
         as_dicts,
         evaluate_pairs,
         evaluate_videos,
         pair_files,
+        realism_networks,
         split_pairs,
         training_prior,
     )
@@ -407,7 +424,13 @@ def eval_(
             summary, per_video = evaluate_videos(videos, training_prior())
             payload = {"summary": summary, "videos": per_video}
         else:
-            summary, scores = evaluate_pairs(photos, training_prior())
+            if no_classifier:
+                classifier = None
+            elif classifier is None and DEFAULT_CLASSIFIER.exists():
+                classifier = DEFAULT_CLASSIFIER
+            networks = realism_networks(classifier, inception)
+            probe = RealismProbe(networks) if networks else None
+            summary, scores = evaluate_pairs(photos, training_prior(), probe)
             payload = {"summary": summary, "images": as_dicts(scores)}
     except MismatchError as e:
         _err(f"eval: {e}")
@@ -456,6 +479,14 @@ def _print_eval_table(summary: dict) -> None:
             ("warping error (Lai et al.): results / truth", pair("warping_error")),
             ("CDC, colour distribution consistency: results / truth", pair("cdc")),
         ]
+    for key, value in summary.items():  # classifier figures, named after their network
+        if key.startswith("frechet_distance["):
+            rows.append((f"Frechet distance on {key[17:-1]} features (lower is better)", f"{value:.3f}"))
+        elif key.startswith("top1_agreement["):
+            rows.append((f"top-1 agreement with truth, {key[15:-1]} (%)", f"{value:.1f}"))
+        elif key.startswith("accuracy["):
+            truth_acc = summary[f"accuracy_truth[{key[9:-1]}]"]
+            rows.append((f"accuracy, {key[9:-1]}: results / truth (%)", f"{value:.1f} / {truth_acc:.1f}"))
     for name, value in rows:
         table.add_row(name, value)
     Console().print(table)

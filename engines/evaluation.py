@@ -19,6 +19,12 @@ frames), plus two temporal metrics per video, averaged over videos:
 - CDC, colour distribution consistency (Liu et al. 2021, ``engines.metrics.ColourDistributionConsistency``):
   the Jensen-Shannon divergence of the per-channel 8-bit RGB histograms of frames 1, 2 and 4 apart;
   for the result and the truth.
+With a classifier (``--classifier``; the project trains its own, see ``engines.resnet``), a realism
+probe (``RealismProbe``): the classifier's top-1 agreement between each result and its truth, its
+accuracy on both when the truth is filed in folders named after its classes, and a Frechet distance
+between the results' and the truths' pooled classifier features (labelled with the classifier: it is
+not FID). With ``--inception`` (the standard FID Inception weights, from a path the user supplies),
+FID proper.
 Frames are decoded with PyAV and streamed: only the current and previous frame pair are held.
 Results and truth must have the same number of frames of the same size (``MismatchError``).
 """
@@ -52,6 +58,8 @@ from engines.temporal import pair_warping_error, reference_flow
 from engines.video import decode_colorspace, is_video
 
 PRIOR_FILE = "ab_prior.json"
+# The realism probe's default classifier: trained here on Tiny ImageNet (``python -m training.classifier``).
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "weights" / "classifier-tinyimagenet.pt"
 
 
 class EvaluationError(ValueError):
@@ -197,10 +205,101 @@ class ScorePool:
         }
 
 
-def evaluate_pairs(pairs: list[tuple[str, Path, Path]], prior: torch.Tensor) -> tuple[dict, list[PairScores]]:
+class RealismProbe:
+    """Classifier-based figures over a set of (result, truth) images; see the module doc.
+
+    ``networks``: label -> (feature function ``(N, 3, S, S) -> (N, D)``, logits function or None, input
+    side S, class names). Images are centre-cropped to a square and area-resized to S, as the
+    classifiers were trained.
+    """
+
+    def __init__(self, networks: dict):
+        self.networks = networks
+        self.features = {k: ([], []) for k in networks}
+        self.agree = dict.fromkeys(networks, 0)
+        self.correct = {k: [0, 0] for k in networks}  # (result, truth) right answers
+        self.labelled = dict.fromkeys(networks, 0)
+        self.count = 0
+
+    @staticmethod
+    def _square(rgb: np.ndarray, side: int) -> torch.Tensor:
+        import cv2
+
+        h, w = rgb.shape[:2]
+        s = min(h, w)
+        crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
+        crop = crop.astype(np.float32) / 255 if crop.dtype == np.uint8 else crop.astype(np.float32)
+        crop = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA if s > side else cv2.INTER_CUBIC)
+        return torch.from_numpy(np.clip(crop, 0, 1)).permute(2, 0, 1)[None]
+
+    @torch.inference_mode()
+    def add(self, name: str, pred: np.ndarray, true: np.ndarray) -> None:
+        label = Path(name).parent.name
+        for key, (features, logits, side, classes) in self.networks.items():
+            x = torch.cat((self._square(pred, side), self._square(true, side)))
+            f = features(x)
+            self.features[key][0].append(f[0].double().numpy())
+            self.features[key][1].append(f[1].double().numpy())
+            if logits is not None:
+                top = logits(f).argmax(1).tolist()
+                self.agree[key] += top[0] == top[1]
+                if label in classes:
+                    self.labelled[key] += 1
+                    self.correct[key][0] += top[0] == classes.index(label)
+                    self.correct[key][1] += top[1] == classes.index(label)
+        self.count += 1
+
+    def summary(self) -> dict:
+        from engines.metrics import feature_stats, frechet_distance
+
+        out: dict = {}
+        for key, (fp, ft) in self.features.items():
+            if len(fp) >= 2:
+                out[f"frechet_distance[{key}]"] = frechet_distance(*feature_stats(fp), *feature_stats(ft))
+            if self.networks[key][1] is not None and self.count:
+                out[f"top1_agreement[{key}]"] = 100.0 * self.agree[key] / self.count
+                if self.labelled[key]:
+                    out[f"accuracy[{key}]"] = 100.0 * self.correct[key][0] / self.labelled[key]
+                    out[f"accuracy_truth[{key}]"] = 100.0 * self.correct[key][1] / self.labelled[key]
+        return out
+
+
+def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
+    """The networks a ``RealismProbe`` runs: our classifier (a file from ``python -m training.classifier``)
+    and, when given, the FID Inception (``engines.inception``). Raises EvaluationError for a bad file."""
+    networks: dict = {}
+    if classifier is not None:
+        from engines import resnet
+
+        try:
+            cf = resnet.load(classifier)
+        except (OSError, ValueError) as e:
+            raise EvaluationError(str(e)) from None
+        net = cf.build()
+        networks[classifier.stem] = (net.features, net.fc, cf.config.image_size, cf.classes)
+    if inception is not None:
+        from engines.inception import load_fid_inception
+
+        try:
+            net = load_fid_inception(inception)
+        except (OSError, ValueError) as e:
+            raise EvaluationError(str(e)) from None
+        networks["Inception, i.e. FID"] = (net.features, None, 299, [])
+    return networks
+
+
+def evaluate_pairs(
+    pairs: list[tuple[str, Path, Path]], prior: torch.Tensor, probe: RealismProbe | None = None
+) -> tuple[dict, list[PairScores]]:
     pool = ScorePool(prior)
-    scores = [pool.add(name, read_photo(pred).rgb, read_photo(true).rgb) for name, pred, true in pairs]
-    return {"images": len(scores), **pool.summary()}, scores
+    scores = []
+    for name, pred, true in pairs:
+        p, t = read_photo(pred).rgb, read_photo(true).rgb
+        scores.append(pool.add(name, p, t))
+        if probe is not None:
+            probe.add(name, p, t)
+    extra = probe.summary() if probe is not None else {}
+    return {"images": len(scores), **pool.summary(), **extra}, scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,10 +13,10 @@ against. The names, shapes and forward pass were written from reading pytorch-fi
 ``src/pytorch_fid/inception.py`` and torchvision's ``models/inception.py`` (which pytorch-fid patches),
 and the tests check them only against our own reading of that code (tensor count, parameter count,
 a few named shapes) and with random weights. One outside hint agrees: pytorch-fid issue #34 quotes a
-load error listing the file's keys ``Conv2d_1a_3x3.bn.num_batches_tracked``,
-``Mixed_5b.branch1x1.bn.num_batches_tracked``, ... (so the file does hold BatchNorm step counters). Until someone loads the real file and compares features
-or an FID against ``pytorch-fid`` on the same photos, treat FIDs from here as not yet comparable with
-published ones.
+load error that lists the file's keys ``Conv2d_1a_3x3.bn.num_batches_tracked``,
+``Mixed_5b.branch1x1.bn.num_batches_tracked``, ... (so the file holds BatchNorm step counters, and
+under these names). Until someone loads the real file and compares features or an FID with
+``pytorch-fid``'s on the same photos, treat FIDs from here as not yet comparable with published ones.
 
 The FID network differs from torchvision's Inception v3 in ways that change the numbers:
 - the 3x3 average pools inside Mixed_5b-5d, Mixed_6b-6e and Mixed_7b leave the zero padding out of
@@ -29,8 +29,8 @@ antialiasing), then scaled to [-1, 1] by ``2x - 1``. No ImageNet mean/std standa
 The Frechet distance uses numpy only (no scipy): ``tr sqrt(S1 S2)`` is the sum of the square roots of
 the eigenvalues of ``sqrt(S1) S2 sqrt(S1)``, a symmetric PSD matrix with the same spectrum, so ``eigh``
 suffices where pytorch-fid calls ``scipy.linalg.sqrtm``. Results agree to round-off for well-conditioned
-covariances; for singular ones pytorch-fid adds ``1e-6 I`` (only when ``sqrtm`` fails), we clip
-negative round-off eigenvalues to 0 instead.
+covariances; for singular ones (fewer photos than 2048) pytorch-fid adds ``1e-6 I`` (only when ``sqrtm``
+fails), we set eigenvalues below the round-off level (negative ones included) to 0 instead.
 """
 
 from __future__ import annotations
@@ -50,13 +50,20 @@ FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
 FID_WEIGHTS_SHA256_PREFIX = "6726825d"
 INPUT_SIZE = 299
 FEATURE_DIM = 2048
-NUM_CLASSES = 1008  # the TF graph's 1008 outputs: 1000 ImageNet classes and 8 unused
+NUM_CLASSES = 1008  # the 2015 TF graph's output count (only 1000 of them are ImageNet classes)
 
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) -> BatchNorm (eps 0.001, TensorFlow's) -> ReLU. Submodule names ``conv``/``bn`` are the file's."""
 
-    def __init__(self, cin: int, cout: int, kernel_size: int | tuple[int, int], stride: int = 1, padding=0):
+    def __init__(
+        self,
+        cin: int,
+        cout: int,
+        kernel_size: int | tuple[int, int],
+        stride: int = 1,
+        padding: int | tuple[int, int] = 0,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(cin, cout, kernel_size, stride=stride, padding=padding, bias=False)
         self.bn = nn.BatchNorm2d(cout, eps=0.001)
@@ -208,6 +215,14 @@ class FIDInceptionV3(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    @property
+    def is_reference_file(self) -> bool | None:
+        """Whether the loaded file's SHA-256 starts as pytorch-fid's file name says (None before loading).
+
+        False means other weights, or the same weights re-saved: FIDs may then differ from published ones.
+        """
+        return None if self.weights_sha256 is None else self.weights_sha256.startswith(FID_WEIGHTS_SHA256_PREFIX)
+
     def train(self, mode: bool = True) -> FIDInceptionV3:
         # BatchNorm must always use the file's running statistics; a training-mode switch would
         # silently make features depend on the batch.
@@ -249,7 +264,7 @@ class FIDInceptionV3(nn.Module):
             return torch.zeros(0, FEATURE_DIM, dtype=torch.float64)
         device = self.fc.weight.device
         out = []
-        with torch.inference_mode():
+        with torch.no_grad():  # not inference_mode: callers may modify the returned tensor in place
             for chunk in rgb.split(batch_size):
                 x = self.preprocess(chunk.to(device=device, dtype=torch.float32))
                 out.append(self(x).to("cpu", torch.float64))
@@ -330,11 +345,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     # Covariances from data are symmetric only up to round-off; eigh reads one triangle, so symmetrise.
     s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
     w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    root1 = (v * np.sqrt(_psd_clip(w))) @ v.T
     m = root1 @ s2 @ root1
-    ev = np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)  # negative values are round-off of a PSD matrix
+    ev = _psd_clip(np.linalg.eigvalsh((m + m.T) / 2))
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
+
+
+def _psd_clip(ev: np.ndarray) -> np.ndarray:
+    # Eigenvalues of a PSD matrix below the round-off level (numpy's matrix_rank tolerance) are zeros that
+    # came out as +-1e-16; left in, their square roots (~1e-8 each, thousands of them when N < 2048)
+    # would add up to a visible bias.
+    tol = float(np.abs(ev).max(initial=0.0)) * ev.shape[0] * np.finfo(np.float64).eps
+    return np.where(ev > tol, ev, 0.0)
 
 
 def fid_from_features(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor) -> float:

@@ -101,8 +101,8 @@ class RgbErrorCurve(AbErrorCurve):
         super().__init__(None)
 
     def update(self, rgb_pred: torch.Tensor, rgb_true: torch.Tensor) -> None:
-        """sRGB ``(..., 3, H, W)`` in [0, 1]."""
-        super().update(rgb_pred * 255, rgb_true * 255)
+        """sRGB ``(..., 3, H, W)`` in [0, 1], compared as the 8-bit images the protocol scores."""
+        super().update((rgb_pred.double() * 255).round(), (rgb_true.double() * 255).round())
 
 
 def feature_stats(features) -> tuple:

@@ -21,7 +21,15 @@ from engines import inception as I
 # from our module: block -> its BasicConv2d submodules.
 STEM = ["Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "Conv2d_3b_1x1", "Conv2d_4a_3x3"]
 BRANCHES = {
-    "A": ["branch1x1", "branch5x5_1", "branch5x5_2", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3", "branch_pool"],
+    "A": [
+        "branch1x1",
+        "branch5x5_1",
+        "branch5x5_2",
+        "branch3x3dbl_1",
+        "branch3x3dbl_2",
+        "branch3x3dbl_3",
+        "branch_pool",
+    ],
     "B": ["branch3x3", "branch3x3dbl_1", "branch3x3dbl_2", "branch3x3dbl_3"],
     "C": ["branch1x1", "branch7x7_1", "branch7x7_2", "branch7x7_3"]
     + [f"branch7x7dbl_{i}" for i in range(1, 6)]
@@ -194,8 +202,10 @@ def test_round_trip(net, tmp_path):
     loaded = I.load_fid_inception(path)
     assert isinstance(loaded, I.FIDInceptionV3) and not loaded.training
     assert loaded.weights_sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert net.is_reference_file is None and loaded.is_reference_file is False  # our random weights
+    got = loaded.state_dict()
     for k, v in net.state_dict().items():
-        assert torch.equal(loaded.state_dict()[k], v), k
+        assert torch.equal(got[k], v), k
     # The network is fully convolutional up to the pool; an 80x80 input keeps this fast on 2 cores.
     x = torch.rand(2, 3, 80, 80, generator=torch.Generator().manual_seed(2)) * 2 - 1
     a, b = _forward(net, x), _forward(loaded, x)
@@ -210,8 +220,8 @@ def test_loads_a_file_without_batchnorm_step_counters(net, tmp_path):
 
 
 def _placeholders(net) -> dict[str, torch.Tensor]:
-    # Right shapes without the bytes: a stride-0 view of one element is saved as one element.
-    return {k: torch.zeros(1, dtype=v.dtype).expand(v.shape) for k, v in net.state_dict().items()}
+    # Right shapes without the bytes: a stride-0 view of one number is saved as one number.
+    return {k: torch.zeros((), dtype=v.dtype).expand(v.shape) for k, v in net.state_dict().items()}
 
 
 def _load_error(tmp_path, payload, raw: bytes | None = None) -> str:

@@ -560,3 +560,41 @@ def test_cdc_needs_a_pair_at_every_step():
     with pytest.raises(ValueError, match="more than 4 frames"):
         M.cdc([f] * 4)
     assert M.cdc([f, _frame({0: [2]})], steps=(1,)) == pytest.approx(math.log(2) / 3)
+
+
+# --- the seed paper's RGB-threshold AuC ---------------------------------------------------------
+
+
+def test_rgb_curve_known_answers():
+    rng = torch.Generator().manual_seed(0)
+    rgb = (torch.rand(2, 3, 8, 8, generator=rng) * 128 + 64).round() / 255
+    perfect = M.RgbErrorCurve()
+    perfect.update(rgb, rgb)
+    assert perfect.auc() == pytest.approx(100.0)
+    # Every pixel off by 30/255 in red only: within threshold t exactly for t >= 30, t = 0..150.
+    shifted = M.RgbErrorCurve()
+    shifted.update(rgb + torch.tensor([30 / 255, 0, 0]).view(1, 3, 1, 1), rgb)
+    assert shifted.auc() == pytest.approx(100 * (151 - 30) / 151, abs=1e-6)
+    # (3, 4, 0) / 255 off: distance 5 in 8-bit units.
+    five = M.RgbErrorCurve()
+    five.update(rgb + torch.tensor([3 / 255, 4 / 255, 0]).view(1, 3, 1, 1), rgb)
+    assert five.auc() == pytest.approx(100 * (151 - 5) / 151, abs=1e-4)
+
+
+# --- Frechet distance ---------------------------------------------------------------------------
+
+
+def test_frechet_distance_known_answers():
+    assert M.frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)  # 9 + 1 + 4 - 2 * 2
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(500, 6))
+    mu, sigma = M.feature_stats(a)
+    assert abs(M.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
+    s1, s2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
+    m1, m2 = rng.normal(size=6), rng.normal(size=6)
+    closed = np.square(m1 - m2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
+    assert M.frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(closed)
+    b = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 1
+    ab = M.frechet_distance(*M.feature_stats(a), *M.feature_stats(b))
+    ba = M.frechet_distance(*M.feature_stats(b), *M.feature_stats(a))
+    assert ab == pytest.approx(ba) and ab > 1

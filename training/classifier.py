@@ -150,11 +150,11 @@ def main(argv: list[str] | None = None) -> int:
         if now - last_print > 10:
             last_print = now
             rate = (step - seen0) * args.batch / (now - t0)
-            print(f"step {step}/{max_steps} loss {float(loss):.3f} {rate:.0f} img/s", flush=True)
+            print(f"step {step}/{max_steps} loss {loss.item():.3f} {rate:.0f} img/s", flush=True)
         if step % args.val_every == 0 or step == max_steps:
             acc = accuracy(model, val_x, val_y)
             with open(args.out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "epoch": step / len(sampler), "loss": float(loss), "val_acc": acc}) + "\n")
+                f.write(json.dumps({"step": step, "epoch": step / len(sampler), "loss": loss.item(), "val_acc": acc}) + "\n")
             print(f"step {step}: validation accuracy {acc:.2f}%", flush=True)
             if acc > best:
                 best = acc
