@@ -20,7 +20,6 @@ import argparse
 import subprocess
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks.quality import gallery
@@ -78,30 +77,52 @@ def main() -> None:
         rgb_curve.update(pred, truth)
         ab_curve.update(color.rgb_to_lab(pred)[:, 1:], lab[:, 1:])
         with torch.inference_mode():
-            hits = sum(int((clf(pred[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
-                       for i in range(0, len(pred), 1000))
-        rows.append((key, rgb_curve.auc(), 100 * hits / len(pred), ab_curve.auc(), ab_curve.auc_rebalanced(),
-                     float(colourfulness(pred).mean())))
+            hits = sum(
+                int((clf(pred[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
+                for i in range(0, len(pred), 1000)
+            )
+        rows.append(
+            (
+                key,
+                rgb_curve.auc(),
+                100 * hits / len(pred),
+                ab_curve.auc(),
+                ab_curve.auc_rebalanced(),
+                float(colourfulness(pred).mean()),
+            )
+        )
         print(rows[-1], flush=True)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
-                            check=False).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
+    ).stdout.strip()
     lines = [
-        f"CIFAR-10 test split, all {len(truth)} images at 32x32, coloured from their lightness; commit {commit}. "
-        f"Classifier: our ResNet-18 ({sum(v.numel() for v in clf_file.state_dict.values()) / 1e6:.2f} M "
-        f"parameters), trained on the colour train split.",
+        (
+            f"CIFAR-10 test split, all {len(truth)} images at 32x32, coloured from their lightness; commit {commit}. "
+            f"Classifier: our ResNet-18 ({sum(v.numel() for v in clf_file.state_dict.values()) / 1e6:.2f} M "
+            f"parameters), trained on the colour train split."
+        ),
         "",
-        "| prediction | AuC, seed protocol (paper) | AuC, ours | classifier accuracy % (paper) | ours "
-        "| ab AuC | ab AuC rebal. | colourfulness |",
+        (
+            "| prediction | AuC, seed protocol (paper) | AuC, ours | classifier accuracy % (paper) | ours "
+            "| ab AuC | ab AuC rebal. | colourfulness |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, auc, acc, ab_auc, ab_rebal, colourful in rows:
         paper_auc, paper_acc = PAPER[key]
-        lines.append(f"| {key} | {paper_auc:.2f} | {auc:.2f} | {paper_acc:.2f} | {acc:.2f} | {ab_auc:.2f} "
-                     f"| {ab_rebal:.2f} | {colourful:.1f} |")
-    lines += ["", "Paper's GAN row is its WGAN (its DCGAN: AuC 97.26, accuracy 61.24); ours is a least-squares "
-              "pix2pix GAN. Their classifier and ours differ, so accuracies compare through the gap to each one's "
-              "ground-truth row."]
+        lines.append(
+            f"| {key} | {paper_auc:.2f} | {auc:.2f} | {paper_acc:.2f} | {acc:.2f} | {ab_auc:.2f} "
+            f"| {ab_rebal:.2f} | {colourful:.1f} |"
+        )
+    lines += [
+        "",
+        (
+            "Paper's GAN row is its WGAN (its DCGAN: AuC 97.26, accuracy 61.24); ours is a least-squares "
+            "pix2pix GAN. Their classifier and ours differ, so accuracies compare through the gap to each one's "
+            "ground-truth row."
+        ),
+    ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_table.md").write_text("\n".join(lines) + "\n")
     # Samples: the first 12 test images, chosen before looking at any result.

@@ -64,9 +64,8 @@ def machine() -> str:
 
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(
-            line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")
-        )
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
@@ -132,7 +131,11 @@ def end_to_end(model: str) -> tuple[float, float, float, float, float]:
             t0 = time.perf_counter()
             p = subprocess.run(
                 [sys.executable, "-c", code, str(PHOTO), "-o", f"{tmp}/out{i}.jpg", "--model", model],
-                capture_output=True, text=True, cwd=ROOT, check=True, env=env,
+                capture_output=True,
+                text=True,
+                cwd=ROOT,
+                check=True,
+                env=env,
             )
             walls.append(time.perf_counter() - t0)
             peaks.append(int(p.stdout.split("PEAK")[-1]) / 1024)
@@ -152,8 +155,10 @@ def plot(rows: list[dict], path: Path) -> None:
     width = 0.8 / len(labels)
     for ax, size in zip(axes[0], sizes):
         for j, label in enumerate(labels):
-            vals = [next((r["ips"] for r in rows if (r["model"], r["size"], r["backend"]) == (m, size, label)), 0)
-                    for m in models]
+            vals = [
+                next((r["ips"] for r in rows if (r["model"], r["size"], r["backend"]) == (m, size, label)), 0)
+                for m in models
+            ]
             ax.bar(np.arange(len(models)) + j * width, vals, width, label=label)
         ax.set_xticks(np.arange(len(models)) + 0.4 - width / 2, models)
         ax.set_yscale("log")
@@ -191,11 +196,21 @@ def main() -> None:
                             r(x)
                             torch.cuda.synchronize()
                     else:
+
                         def call(r=runner, x=x):
                             r(x)
+
                     s = median_seconds(call)
-                    rows.append({"model": name, "size": size, "backend": label, "batch": n, "ips": n / s,
-                                 "gflops": gflops(net, size)})
+                    rows.append(
+                        {
+                            "model": name,
+                            "size": size,
+                            "backend": label,
+                            "batch": n,
+                            "ips": n / s,
+                            "gflops": gflops(net, size),
+                        }
+                    )
                     print(f"{name} {size} {label}: {n / s:.1f} img/s", flush=True)
             if torch.cuda.is_available() and name in ENGINES:  # pragma: no cover - GPU machines only
                 decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
@@ -204,24 +219,43 @@ def main() -> None:
                 fp16, fp32 = (decode(r[k](x).float().cpu()) for k in ("cuda FP16 + graphs", "cuda FP32"))
                 agreement.append(f"| {name} | {(fp16 - fp32).abs().max().item():.3f} |")
     eccv = {(r["size"], r["backend"]): r["ips"] for r in rows if r["model"] == "eccv16"}
-    lines = [header, "", "Network alone (medians after warm-up):", "",
-             "| engine | size | backend | batch | images/s | GFLOPs/image | speed vs ECCV16, same backend |",
-             "|---|---:|---|---:|---:|---:|---:|"]
+    lines = [
+        header,
+        "",
+        "Network alone (medians after warm-up):",
+        "",
+        "| engine | size | backend | batch | images/s | GFLOPs/image | speed vs ECCV16, same backend |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         ratio = r["ips"] / eccv[(r["size"], r["backend"])]
-        lines.append(f"| {r['model']} | {r['size']} | {r['backend']} | {r['batch']} | {r['ips']:.1f} "
-                     f"| {r['gflops']:.2f} | {ratio:.1f}x |")
-    lines += ["", f"End to end on `{PHOTO.relative_to(ROOT)}` (512x512), `--backend auto`:", "",
-              "| engine | in-process photo latency (ms) | first command: wall (s) | peak RSS (MB) "
-              "| later commands: wall (s) | peak RSS (MB) |",
-              "|---|---:|---:|---:|---:|---:|"]
+        lines.append(
+            f"| {r['model']} | {r['size']} | {r['backend']} | {r['batch']} | {r['ips']:.1f} "
+            f"| {r['gflops']:.2f} | {ratio:.1f}x |"
+        )
+    lines += [
+        "",
+        f"End to end on `{PHOTO.relative_to(ROOT)}` (512x512), `--backend auto`:",
+        "",
+        (
+            "| engine | in-process photo latency (ms) | first command: wall (s) | peak RSS (MB) "
+            "| later commands: wall (s) | peak RSS (MB) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     for name in ENGINES:
         lat, wall0, peak0, wall, peak = end_to_end(name)
         lines.append(f"| {name} | {lat:.0f} | {wall0:.2f} | {peak0:.0f} | {wall:.2f} | {peak:.0f} |")
         print(lines[-1], flush=True)
     if agreement:  # pragma: no cover - GPU machines only
-        lines += ["", "FP16 (+ CUDA graphs) against FP32 on the GPU, max |ab| over 8 random 256x256 inputs:", "",
-                  "| engine | max |ab| difference |", "|---|---:|", *agreement]
+        lines += [
+            "",
+            "FP16 (+ CUDA graphs) against FP32 on the GPU, max |ab| over 8 random 256x256 inputs:",
+            "",
+            "| engine | max |ab| difference |",
+            "|---|---:|",
+            *agreement,
+        ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speed.md").write_text("\n".join(lines) + "\n")
     plot(rows, args.out / "speed.png")

@@ -39,7 +39,6 @@ import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -321,45 +320,3 @@ def load_fid_inception(path: str | Path) -> FIDInceptionV3:
             h.update(block)
     model.weights_sha256 = h.hexdigest()
     return model
-
-
-def feature_stats(feats: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Features ``(N, D)`` -> mean ``(D,)`` and covariance ``(D, D)`` (float64, unbiased, as pytorch-fid)."""
-    f = feats.detach().cpu().double().numpy() if torch.is_tensor(feats) else np.asarray(feats, dtype=np.float64)
-    if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need features of shape (N, D) with N >= 2, got {f.shape}")
-    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
-
-
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
-
-    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)``, with ``tr sqrt(S1 S2)`` from the eigenvalues
-    of ``sqrt(S1) S2 sqrt(S1)`` (symmetric PSD, same spectrum as ``S1 S2``); numpy only.
-    """
-    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
-    s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    d = mu1.shape[0]
-    if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
-        raise ValueError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma {s1.shape}, {s2.shape}")
-    # Covariances from data are symmetric only up to round-off; eigh reads one triangle, so symmetrise.
-    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
-    w, v = np.linalg.eigh(s1)
-    root1 = (v * np.sqrt(_psd_clip(w))) @ v.T
-    m = root1 @ s2 @ root1
-    ev = _psd_clip(np.linalg.eigvalsh((m + m.T) / 2))
-    diff = mu1 - mu2
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
-
-
-def _psd_clip(ev: np.ndarray) -> np.ndarray:
-    # Eigenvalues of a PSD matrix below the round-off level (numpy's matrix_rank tolerance) are zeros that
-    # came out as +-1e-16; left in, their square roots (~1e-8 each, thousands of them when N < 2048)
-    # would add up to a visible bias.
-    tol = float(np.abs(ev).max(initial=0.0)) * ev.shape[0] * np.finfo(np.float64).eps
-    return np.where(ev > tol, ev, 0.0)
-
-
-def fid_from_features(feats_a: np.ndarray | torch.Tensor, feats_b: np.ndarray | torch.Tensor) -> float:
-    """FID between two sets of pool features ``(N, 2048)`` (from ``FIDInceptionV3.features``)."""
-    return frechet_distance(*feature_stats(feats_a), *feature_stats(feats_b))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+import numpy as np
 import torch
 
 AB_BIN = 10.0  # ab grid step (CIELAB units)
@@ -105,31 +106,41 @@ class RgbErrorCurve(AbErrorCurve):
         super().update((rgb_pred.double() * 255).round(), (rgb_true.double() * 255).round())
 
 
-def feature_stats(features) -> tuple:
-    """Mean and covariance (float64 numpy) of ``features (N, D)``, for ``frechet_distance``."""
-    import numpy as np
-
-    f = np.asarray(features, dtype=np.float64)
-    return f.mean(0), np.cov(f, rowvar=False)
+def feature_stats(feats: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Features ``(N, D)`` -> mean ``(D,)`` and covariance ``(D, D)`` (float64, unbiased, as pytorch-fid)."""
+    f = feats.detach().cpu().double().numpy() if torch.is_tensor(feats) else np.asarray(feats, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need features of shape (N, D) with N >= 2, got {f.shape}")
+    return f.mean(0), np.atleast_2d(np.cov(f, rowvar=False))
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
-    """Frechet distance between Gaussians N(mu1, sigma1) and N(mu2, sigma2) (FID's formula):
-    |mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)).
+    """Squared Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2).
 
-    tr((S1 S2)^(1/2)) is the sum of the square roots of the eigenvalues of S1^(1/2) S2 S1^(1/2), a
-    symmetric matrix with the same spectrum, so only symmetric eigendecompositions are needed
-    (round-off negatives clipped to 0).
+    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2)``, with ``tr sqrt(S1 S2)`` from the eigenvalues
+    of ``sqrt(S1) S2 sqrt(S1)`` (symmetric PSD, same spectrum as ``S1 S2``); numpy only.
     """
-    import numpy as np
-
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     s1, s2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
-    w, v = np.linalg.eigh((s1 + s1.T) / 2)
-    root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    d = mu1.shape[0]
+    if mu1.shape != (d,) or mu2.shape != (d,) or s1.shape != (d, d) or s2.shape != (d, d):
+        raise ValueError(f"shapes do not match: mu {mu1.shape}, {mu2.shape}; sigma {s1.shape}, {s2.shape}")
+    # Covariances from data are symmetric only up to round-off; eigh reads one triangle, so symmetrise.
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    w, v = np.linalg.eigh(s1)
+    root1 = (v * np.sqrt(_psd_clip(w))) @ v.T
     m = root1 @ s2 @ root1
-    tr_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum()
-    return float(np.square(mu1 - mu2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean)
+    ev = _psd_clip(np.linalg.eigvalsh((m + m.T) / 2))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(ev).sum())
+
+
+def _psd_clip(ev: np.ndarray) -> np.ndarray:
+    # Eigenvalues of a PSD matrix below the round-off level (numpy's matrix_rank tolerance) are zeros that
+    # came out as +-1e-16; left in, their square roots (~1e-8 each, thousands of them when N < 2048)
+    # would add up to a visible bias.
+    tol = float(np.abs(ev).max(initial=0.0)) * ev.shape[0] * np.finfo(np.float64).eps
+    return np.where(ev > tol, ev, 0.0)
 
 
 def colourfulness(rgb: torch.Tensor) -> torch.Tensor:

@@ -102,8 +102,6 @@ class OnnxRuntimeModel(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, weights_sha256: str, threads: int | None = None):
         super().__init__()
-        import onnxruntime as ort
-
         from engines.export import export_onnx
 
         path = cache_dir() / "onnx" / f"{weights_sha256[:32]}.onnx"
@@ -113,7 +111,7 @@ class OnnxRuntimeModel(torch.nn.Module):
         self.path = path
         try:
             self.set_threads(threads or torch.get_num_threads())
-        except Exception:  # a damaged cache file (ONNX Runtime raises its own types): export again once
+        except Exception:  # noqa: BLE001 - a damaged cache file (ONNX Runtime raises its own types): export again
             path.unlink(missing_ok=True)
             export_onnx(net, path)
             self.set_threads(threads or torch.get_num_threads())
@@ -236,8 +234,17 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
     import onnxruntime
 
     key = "|".join(
-        map(str, (weights_sha256[:32], working_size, torch.get_num_threads(), platform.processor() or platform.machine(),
-                  torch.__version__, onnxruntime.__version__))
+        map(
+            str,
+            (
+                weights_sha256[:32],
+                working_size,
+                torch.get_num_threads(),
+                platform.processor() or platform.machine(),
+                torch.__version__,
+                onnxruntime.__version__,
+            ),
+        )
     )
     store = cache_dir() / "cpu-choice.json"
     try:

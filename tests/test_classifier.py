@@ -27,7 +27,7 @@ def _labelled_folder(root, n_per_class=24, size=32):
             if cls == "red":
                 cv2.circle(img, (int(rng.integers(8, 24)), int(rng.integers(8, 24))), 7, (40, 40, 230), -1)
             else:
-                img[:, :: 4] = (230, 90, 40)
+                img[:, ::4] = (230, 90, 40)
             cv2.imwrite(str(root / "train" / cls / f"{i}.png"), img)
     return root
 
@@ -51,8 +51,25 @@ def test_resnet18_layout_and_file_round_trip(tmp_path):
 
 def test_trainer_learns_two_classes_and_resumes_exactly(tmp_path):
     data = _labelled_folder(tmp_path / "data")
-    common = [str(data), "--size", "32", "--widths", "8,16,16,16", "--batch", "16", "--lr", "0.05",
-              "--val-fraction", "0.25", "--val-every", "6", "--cache-dir", str(tmp_path / "cache"), "--threads", "1"]
+    common = [
+        str(data),
+        "--size",
+        "32",
+        "--widths",
+        "8,16,16,16",
+        "--batch",
+        "16",
+        "--lr",
+        "0.05",
+        "--val-fraction",
+        "0.25",
+        "--val-every",
+        "6",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--threads",
+        "1",
+    ]
     assert trainer.main([*common, "--out", str(tmp_path / "a"), "--epochs", "8"]) == 0
     cf = resnet.load(tmp_path / "a" / "classifier.pt")
     assert cf.classes == ["blue", "red"] and cf.metrics["val_acc"] >= 90
@@ -67,8 +84,25 @@ def test_trainer_learns_two_classes_and_resumes_exactly(tmp_path):
 
 def test_trainer_resume_continues_from_saved_step(tmp_path):
     data = _labelled_folder(tmp_path / "data", n_per_class=12)
-    args = [str(data), "--size", "32", "--widths", "8,8,8,8", "--batch", "8", "--val-fraction", "0.25",
-            "--val-every", "3", "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "r"), "--threads", "1"]
+    args = [
+        str(data),
+        "--size",
+        "32",
+        "--widths",
+        "8,8,8,8",
+        "--batch",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--val-every",
+        "3",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--out",
+        str(tmp_path / "r"),
+        "--threads",
+        "1",
+    ]
     assert trainer.main([*args, "--epochs", "3"]) == 0
     first = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
     assert trainer.main([*args, "--epochs", "3"]) == 0  # already done: nothing more to train
@@ -110,11 +144,13 @@ def test_eval_cli_reports_classifier_figures(tiny_classifier, tmp_path, rng):
         img = (rng.random((30, 30, 3)) * 255).astype(np.uint8)
         for d in ("pred", "true"):
             cv2.imwrite(str(tmp_path / d / "red" / f"{i}.png"), img)
-    r = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "true"), "--json",
-                            "--classifier", str(tiny_classifier)])
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "pred"), str(tmp_path / "true"), "--json", "--classifier", str(tiny_classifier)]
+    )
     assert r.exit_code == 0, r.output
     s = json.loads(r.stdout)["summary"]
     assert s["top1_agreement[clf]"] == 100.0 and s["accuracy[clf]"] == s["accuracy_truth[clf]"]
-    r = runner.invoke(app, ["eval", str(tmp_path / "pred"), str(tmp_path / "true"), "--classifier",
-                            str(tmp_path / "missing.pt")])
+    r = runner.invoke(
+        app, ["eval", str(tmp_path / "pred"), str(tmp_path / "true"), "--classifier", str(tmp_path / "missing.pt")]
+    )
     assert r.exit_code != 0 and "missing.pt" in r.stderr and "Traceback" not in r.output

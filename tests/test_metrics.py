@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -581,20 +582,71 @@ def test_rgb_curve_known_answers():
     assert five.auc() == pytest.approx(100 * (151 - 5) / 151, abs=1e-4)
 
 
-# --- Frechet distance ---------------------------------------------------------------------------
+# --- Frechet distance (FID's formula) ----------------------------------------------------------
 
 
-def test_frechet_distance_known_answers():
-    assert M.frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0)  # 9 + 1 + 4 - 2 * 2
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(500, 6))
-    mu, sigma = M.feature_stats(a)
-    assert abs(M.frechet_distance(mu, sigma, mu, sigma)) < 1e-8
-    s1, s2 = rng.uniform(0.5, 2, 6), rng.uniform(0.5, 2, 6)
-    m1, m2 = rng.normal(size=6), rng.normal(size=6)
-    closed = np.square(m1 - m2).sum() + (s1 + s2 - 2 * np.sqrt(s1 * s2)).sum()
-    assert M.frechet_distance(m1, np.diag(s1), m2, np.diag(s2)) == pytest.approx(closed)
-    b = rng.normal(size=(500, 6)) @ rng.normal(size=(6, 6)) + 1
-    ab = M.frechet_distance(*M.feature_stats(a), *M.feature_stats(b))
-    ba = M.frechet_distance(*M.feature_stats(b), *M.feature_stats(a))
-    assert ab == pytest.approx(ba) and ab > 1
+def random_cov(rng: np.random.Generator, d: int, rank: int | None = None) -> np.ndarray:
+    a = rng.normal(size=(d, rank or d))
+    return a @ a.T / (rank or d)
+
+
+def reference_fid(mu1, s1, mu2, s2) -> float:
+    """pytorch-fid's formula, with scipy's general matrix square root of S1 S2."""
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def test_identical_gaussians(rng):
+    mu, s = rng.normal(size=8), random_cov(rng, 8)
+    assert abs(M.frechet_distance(mu, s, mu, s)) < 1e-6
+
+
+def test_one_dimensional_known_answer():
+    # N(0, 1) vs N(3, 4): 3^2 + 1 + 4 - 2 * sqrt(1 * 4) = 10
+    assert M.frechet_distance([0.0], [[1.0]], [3.0], [[4.0]]) == pytest.approx(10.0, abs=1e-12)
+    assert M.frechet_distance(0.0, 1.0, 3.0, 4.0) == pytest.approx(10.0, abs=1e-12)
+
+
+def test_diagonal_closed_form(rng):
+    mu1, mu2 = rng.normal(size=6), rng.normal(size=6)
+    v1, v2 = rng.uniform(0.1, 3, size=6), rng.uniform(0.1, 3, size=6)
+    expected = ((mu1 - mu2) ** 2).sum() + (v1 + v2 - 2 * np.sqrt(v1 * v2)).sum()
+    assert M.frechet_distance(mu1, np.diag(v1), mu2, np.diag(v2)) == pytest.approx(expected, rel=1e-12, abs=1e-12)
+
+
+def test_symmetric_and_matches_scipy_sqrtm(rng):
+    mu1, mu2 = rng.normal(size=12), rng.normal(size=12)
+    s1, s2 = random_cov(rng, 12), random_cov(rng, 12)
+    d12, d21 = M.frechet_distance(mu1, s1, mu2, s2), M.frechet_distance(mu2, s2, mu1, s1)
+    assert d12 == pytest.approx(d21, rel=1e-10)
+    assert d12 == pytest.approx(reference_fid(mu1, s1, mu2, s2), rel=1e-8)
+
+
+def test_singular_covariances(rng):
+    # Fewer samples than dimensions (common with small photo sets): rank-deficient covariances.
+    s1, s2 = random_cov(rng, 10, rank=3), random_cov(rng, 10, rank=4)
+    mu = np.zeros(10)
+    d = M.frechet_distance(mu, s1, mu, s2)
+    assert np.isfinite(d) and d >= 0
+    assert abs(M.frechet_distance(mu, s1, mu, s1)) < 1e-9
+
+
+def test_shape_mismatch_raises():
+    with pytest.raises(ValueError):
+        M.frechet_distance(np.zeros(3), np.eye(3), np.zeros(2), np.eye(2))
+
+
+def test_feature_stats_and_fid_from_features(rng):
+    feats = rng.normal(size=(40, 5)) @ rng.normal(size=(5, 5))
+    mu, sigma = M.feature_stats(torch.from_numpy(feats).float())
+    np.testing.assert_allclose(mu, feats.mean(0), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(sigma, np.cov(feats, rowvar=False, ddof=1), rtol=1e-5, atol=1e-5)
+    assert abs(M.frechet_distance(*M.feature_stats(feats), *M.feature_stats(feats))) < 1e-9
+    shift = rng.normal(size=5)  # a translated set: same covariance, so FID = |shift|^2
+    assert M.frechet_distance(*M.feature_stats(feats), *M.feature_stats(feats + shift)) == pytest.approx(
+        (shift**2).sum(), rel=1e-9
+    )
+    few = rng.normal(size=(6, 20))  # N < D
+    assert abs(M.frechet_distance(*M.feature_stats(few), *M.feature_stats(few))) < 1e-9
+    with pytest.raises(ValueError):
+        M.feature_stats(np.zeros((1, 5)))

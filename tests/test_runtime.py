@@ -3,7 +3,6 @@ and its cache, the ONNX export cache, and FP16's distance from FP32."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -58,7 +57,7 @@ def test_cpu_choice_is_measured_once_then_cached(monkeypatch, tmp_path):
     first = load_colorizer("regression", select_backend("auto"))
     assert "measured now" in first.notes[-1]
     store = json.loads((tmp_path / "cpu-choice.json").read_text())
-    (key, speedup), = store.items()
+    ((key, speedup),) = store.items()
     assert isinstance(speedup, float) and speedup > 0
     second = load_colorizer("regression", select_backend("auto"))
     assert "cached measurement" in second.notes[-1]

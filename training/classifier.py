@@ -54,8 +54,9 @@ def _save(path: Path, payload: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m training.classifier", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m training.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("sources", type=Path, nargs="+")
     p.add_argument("--size", type=int, required=True, help="images are decoded at this size (square centre crop)")
     p.add_argument("--out", type=Path, required=True)
@@ -132,9 +133,18 @@ def main(argv: list[str] | None = None) -> int:
     recipe["test"] = [str(s) for s in args.test]
 
     def save_state() -> None:
-        _save(state_path, {"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                           "sampler": sampler.state_dict(), "torch_rng": torch.get_rng_state(),
-                           "step": step, "best": best})
+        _save(
+            state_path,
+            {
+                "model": model.state_dict(),
+                "opt": opt.state_dict(),
+                "sched": sched.state_dict(),
+                "sampler": sampler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                "step": step,
+                "best": best,
+            },
+        )
 
     t0, last_save, last_print, seen0 = time.monotonic(), time.monotonic(), 0.0, step
     while step < max_steps:
@@ -154,12 +164,16 @@ def main(argv: list[str] | None = None) -> int:
         if step % args.val_every == 0 or step == max_steps:
             acc = accuracy(model, val_x, val_y)
             with open(args.out / "log.jsonl", "a") as f:
-                f.write(json.dumps({"step": step, "epoch": step / len(sampler), "loss": loss.item(), "val_acc": acc}) + "\n")
+                f.write(
+                    json.dumps({"step": step, "epoch": step / len(sampler), "loss": loss.item(), "val_acc": acc}) + "\n"
+                )
             print(f"step {step}: validation accuracy {acc:.2f}%", flush=True)
             if acc > best:
                 best = acc
-                resnet.save(resnet.ClassifierFile(config, classes, model.state_dict(), recipe,
-                                                  {"val_acc": acc, "step": step}), best_path)
+                resnet.save(
+                    resnet.ClassifierFile(config, classes, model.state_dict(), recipe, {"val_acc": acc, "step": step}),
+                    best_path,
+                )
             save_state()
             last_save = now
         elif now - last_save > 180:
