@@ -11,7 +11,11 @@ The photos are split by sorted name: 0-99 for choosing settings (working size, s
   (lambda 0), the shipped prior of ``colorize eval``;
 - PSNR (RGB), CIEDE2000, mean over photos;
 - colourfulness (Hasler and Suesstrunk 2003), mean over photos, beside the originals' mean;
-- mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding.
+- mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding;
+- realism probe (``engines.evaluation.RealismProbe``) with the shipped Tiny ImageNet classifier: how
+  often its top-1 class on the result equals its top-1 on the original, and the Frechet distance
+  between results' and originals' pooled features (100 photos, 256 features: a rank-deficient
+  covariance, so compare rows with each other only).
 Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out; the
 gallery shows every 25th photo of the sorted folder, a rule fixed before looking at any result.
 """
@@ -28,7 +32,7 @@ import numpy as np
 import torch
 
 from engines import checkpoint, color
-from engines.evaluation import training_prior
+from engines.evaluation import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
 from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES, get_spec
@@ -48,6 +52,7 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
 
 def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
     curve = AbErrorCurve(weights)
+    probe = RealismProbe(realism_networks(DEFAULT_CLASSIFIER, None))
     colourful, dl, psnrs, de, outputs = [], [], [], [], {}
     for name, rgb in photos.items():
         out = colorize(rgb)
@@ -59,6 +64,7 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
         psnrs.append(float(psnr(to_chw(out), to_chw(rgb))))
         de.append(float(ciede2000(lab_pred, lab_true).mean()))
+        probe.add(name, out, rgb)
         outputs[name] = out
     return {
         "auc": curve.auc(),
@@ -67,6 +73,7 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         "dL": float(np.mean(dl)),
         "psnr": float(np.mean(psnrs)),
         "ciede2000": float(np.mean(de)),
+        **{k.split("[")[0]: v for k, v in probe.summary().items()},
     }, outputs
 
 
@@ -150,14 +157,14 @@ def main() -> None:
         "",
         (
             f"| prediction | AuC | AuC rebal. | PSNR | CIEDE2000 | colourfulness (originals: {true_colourful:.1f}) "
-            "| mean abs dL |"
+            "| mean abs dL | classifier top-1 agreement with original (%) | Frechet distance, classifier features |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, r in results.items():
         lines.append(
             f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['psnr']:.2f} | {r['ciede2000']:.2f} "
-            f"| {r['colourfulness']:.1f} | {r['dL']:.2f} |"
+            f"| {r['colourfulness']:.1f} | {r['dL']:.2f} | {r['top1_agreement']:.0f} | {r['frechet_distance']:.2f} |"
         )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     gallery(list(columns["gray input"]), columns, args.out / "gallery.png")

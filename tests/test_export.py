@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 import torch
 
-from engines import color
 from engines.export import INPUT_NAME, export_onnx
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
@@ -18,7 +17,8 @@ MAX_AB_DIFF = 0.01
 
 @pytest.mark.parametrize("name", list(ENGINES))
 def test_onnx_matches_pytorch_at_several_batches_and_sizes(name, tmp_path):
-    model = load_colorizer(name, select_backend("cpu")).model
+    colorizer = load_colorizer(name, select_backend("cpu"))
+    model, decode = colorizer.model, colorizer.decode  # decode: the family's raw output -> ab
     path = tmp_path / f"{name}.onnx"
     export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -28,8 +28,8 @@ def test_onnx_matches_pytorch_at_several_batches_and_sizes(name, tmp_path):
     for shape in [(1, c, 64, 64), (3, c, 128, 80), (2, c, 256, 256)]:
         l_norm = torch.rand(shape, generator=g) * 2 - 1
         with torch.inference_mode():
-            ref = color.denormalize_ab(model(l_norm)).numpy()
-        out = color.denormalize_ab(torch.from_numpy(session.run(None, {INPUT_NAME: l_norm.numpy()})[0])).numpy()
+            ref = decode(model(l_norm)).numpy()
+        out = decode(torch.from_numpy(session.run(None, {INPUT_NAME: l_norm.numpy()})[0])).numpy()
         assert out.shape == ref.shape
         worst = max(worst, float(np.abs(out - ref).max()))
     print(f"{name}: max |ab| difference ONNX Runtime vs PyTorch = {worst:.2e}")
