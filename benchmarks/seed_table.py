@@ -125,9 +125,10 @@ def main() -> None:
     ]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_table.md").write_text("\n".join(lines) + "\n")
-    # Samples: the first 12 test images, chosen before looking at any result.
-    to_np = {k: {str(i): v[i].permute(1, 2, 0).numpy() for i in range(12)} for k, v in predictions.items()}
-    gallery([str(i) for i in range(12)], to_np, args.out / "seed_samples.png", height=96)
+    # Samples: 12 test images evenly spaced through the set (all ten classes), a rule fixed before looking.
+    picks = [str(i) for i in range(0, len(truth), len(truth) // 12)][:12]
+    to_np = {k: {i: v[int(i)].permute(1, 2, 0).numpy() for i in picks} for k, v in predictions.items()}
+    gallery(picks, to_np, args.out / "seed_samples.png", height=96)
     print("\n".join(lines))
 
 
