@@ -67,6 +67,11 @@ def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
         "metrics": ckpt.metrics,
         "family_state": ckpt.family_state,
     }
+    atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: dict, path: Path) -> None:
+    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:

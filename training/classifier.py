@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ import torch
 from torch.nn import functional as F
 
 from engines import resnet
+from engines.checkpoint import atomic_torch_save
 from training.data import BatchSampler, is_validation, load_source
 
 
@@ -45,12 +45,6 @@ def accuracy(model: resnet.ResNet, rgb_u8: np.ndarray, labels: np.ndarray, batch
         x = torch.from_numpy(rgb_u8[i : i + batch]).permute(0, 3, 1, 2).float() / 255
         correct += int((model(x).argmax(1).numpy() == labels[i : i + batch]).sum())
     return 100.0 * correct / max(1, len(rgb_u8))
-
-
-def _save(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -133,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     recipe["test"] = [str(s) for s in args.test]
 
     def save_state() -> None:
-        _save(
-            state_path,
+        atomic_torch_save(
             {
                 "model": model.state_dict(),
                 "opt": opt.state_dict(),
@@ -144,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                 "step": step,
                 "best": best,
             },
+            state_path,
         )
 
     t0, last_save, last_print, seen0 = time.monotonic(), time.monotonic(), 0.0, step
