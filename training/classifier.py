@@ -32,11 +32,6 @@ def class_of(name: str) -> str:
     return Path(name).parent.name
 
 
-def load_labelled(sources: list[Path], size: int, cache: Path, keep_gray: bool = False):
-    """Images and names of every source, concatenated: ``(rgb_u8 list, names list)`` per source."""
-    return [load_source(p, size, cache, keep_gray=keep_gray) for p in sources]
-
-
 @torch.inference_mode()
 def accuracy(model: resnet.ResNet, rgb_u8: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
     model.eval()
@@ -74,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     try:
-        sets = load_labelled(args.sources, args.size, args.cache_dir)
-        tests = load_labelled(args.test, args.size, args.cache_dir, keep_gray=True)
+        sets = [load_source(p, args.size, args.cache_dir) for p in args.sources]
+        tests = [load_source(p, args.size, args.cache_dir, keep_gray=True) for p in args.test]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
