@@ -98,6 +98,7 @@ class RunOptions:
     samples: int = 1
     seed: int = 0
     video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
+    threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
 
 
 @app.command("run")
@@ -151,6 +152,15 @@ def run(
     smoothing_strength: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Video: weight of the previous frame's motion-warped colour.")
     ] = 0.6,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=256,
+            help="CPU threads for the engine (default: all cores for photos, 1 for films). "
+            "Use 1 when running several colorize processes side by side.",
+        ),
+    ] = None,
     verbose: Annotated[
         bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")
     ] = False,
@@ -168,7 +178,7 @@ def run(
     video = {"codec": codec, "crf": crf, "smoothing": smoothing.value, "strength": smoothing_strength}
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,
-        decode_options, samples, seed, video,
+        decode_options, samples, seed, video, threads,
     )  # fmt: skip
     raise typer.Exit(_run(inputs, opts))
 
@@ -200,6 +210,8 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
         for note in colorizer.notes:
             _err(f"backend: {note}")
     colorizer.seed = opts.seed
+    if opts.threads is not None:
+        colorizer.set_threads(opts.threads)
     if opts.samples > 1 and not colorizer.noise_input:
         _err(f"--samples needs an engine with a noise input (a GAN engine); {opts.model} has none")
         return EXIT_USAGE
@@ -253,7 +265,7 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
     if out.exists() and not opts.overwrite:
         return f"output {out} exists (use --overwrite to replace it)"
     threads = torch.get_num_threads()
-    if colorizer.device.type == "cpu":
+    if colorizer.device.type == "cpu" and opts.threads is None:
         # Decoding, the engine and encoding run in parallel threads: one engine thread avoids
         # oversubscribing the cores (measured 5-10x slower torch ops with 2 threads on 2 cores).
         colorizer.set_threads(1)

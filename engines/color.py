@@ -101,6 +101,17 @@ def lightness_to_rgb_gray(l: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(torch.cat((l, torch.zeros_like(l), torch.zeros_like(l)), dim=-3))
 
 
+def lightness_to_gray_value(l: torch.Tensor) -> torch.Tensor:
+    """L -> the sRGB value (in [0, 1]) of the neutral gray of that lightness, elementwise.
+
+    The same as one channel of ``lightness_to_rgb_gray`` without the matrix inverse, so that it
+    exports to ONNX inside a network (the ResNet encoder's input).
+    """
+    fy = (l + 16) / 116
+    y = torch.where(fy**3 > _EPS, fy**3, l / _KAPPA)
+    return linear_to_srgb(y)
+
+
 def rgb_to_yuv(rgb: torch.Tensor) -> torch.Tensor:
     """Gamma-encoded RGB in [0, 1] -> analogue BT.601 YUV."""
     return _apply_matrix(_matrix(_RGB_TO_YUV, rgb), rgb)

@@ -181,6 +181,22 @@ def test_verbose_says_which_backend(tmp_path):
     assert r.exit_code == 0 and "picked" in r.stderr
 
 
+def test_threads_option_sets_engine_threads_and_keeps_the_result(tmp_path):
+    src = _photo(tmp_path / "a.png")
+    before = torch.get_num_threads()
+    try:
+        assert invoke(src, "-o", tmp_path / "all.png").exit_code == 0
+        assert invoke(src, "-o", tmp_path / "one.png", "--threads", "1").exit_code == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    a = cv2.imread(str(tmp_path / "all.png")).astype(int)
+    b = cv2.imread(str(tmp_path / "one.png")).astype(int)
+    assert np.abs(a - b).max() <= 1  # thread count may change float summation order, nothing more
+    r = invoke(src, "-o", tmp_path / "x.png", "--threads", "0")
+    assert r.exit_code == 2 and not (tmp_path / "x.png").exists()
+
+
 def test_help_version_and_module_entry_point():
     for args in (["--help"], ["--version"], ["run", "--help"]):
         p = subprocess.run([sys.executable, "-m", "colorcli", *args], capture_output=True, text=True, check=False)

@@ -23,6 +23,12 @@ class TrainConfig:
     # Model
     widths: tuple[int, ...] = (32, 64, 128, 256)
     norm: str = "batch"  # "batch" or "group" (see engines.unet.UNetConfig)
+    # "plain" or "resnet18" (see engines.unet.UNetConfig); ``encoder_from``: a classifier file
+    # (``python -m training.classifier``) whose stem and stages initialise the ResNet encoder, trained
+    # at ``encoder_lr_scale`` times the learning rate so that its features are adapted, not erased.
+    encoder: str = "plain"
+    encoder_from: str = ""
+    encoder_lr_scale: float = 1.0
     # Warm start: an engine checkpoint (e.g. the shipped regression engine) whose weights initialise
     # every layer with the same name and shape; other layers (a classification head) start fresh.
     init_from: str = ""
@@ -73,6 +79,10 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"gan_loss must be bce, lsgan or wgan-gp, not {cfg.gan_loss!r}")
     if cfg.color_space not in ("lab", "yuv"):
         raise ValueError(f"color_space must be lab or yuv, not {cfg.color_space!r}")
+    if cfg.encoder not in ("plain", "resnet18"):
+        raise ValueError(f"encoder must be plain or resnet18, not {cfg.encoder!r}")
+    if cfg.encoder_from and cfg.encoder != "resnet18":
+        raise ValueError("encoder_from needs encoder = \"resnet18\"")
     if cfg.norm not in ("batch", "group"):
         raise ValueError(f"norm must be batch or group, not {cfg.norm!r}")
     if cfg.batch_size % int(os.environ.get("WORLD_SIZE", "1")):

@@ -9,11 +9,16 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, gan
+from engines import checkpoint, classification, color, gan, resnet
 from engines.metrics import ab_bin_index, rebalance_weights
 from engines.unet import UNet, UNetConfig
 from training import distributed
 from training.config import TrainConfig
+
+
+def network_config(cfg: TrainConfig, **kw) -> UNetConfig:
+    """The U-Net a recipe asks for; ``kw`` adds what the family decides (channels, output stride)."""
+    return UNetConfig(widths=cfg.widths, norm=cfg.norm, encoder=cfg.encoder, color_space=cfg.color_space, **kw)
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -36,7 +41,10 @@ class _SingleNetworkTask:
     def __init__(self, cfg: TrainConfig, arch: UNetConfig, ab_prior: torch.Tensor):
         self.cfg = cfg
         self.model = UNet(arch)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if cfg.encoder_from:
+            clf = resnet.load(Path(cfg.encoder_from))
+            self.model.encoder.load_classifier(clf.config, clf.state_dict)
+        self.opt = torch.optim.AdamW(self._param_groups(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_lambda(cfg))
         # Per-ab-bin loss weights (Zhang et al.'s class rebalancing), or None.
         self.pixel_weights = (
@@ -44,6 +52,14 @@ class _SingleNetworkTask:
         )
         self.device = torch.device("cpu")
         self.net: torch.nn.Module = self.model  # what the training step calls (DDP-wrapped when distributed)
+
+    def _param_groups(self) -> list[dict]:
+        encoder = getattr(self.model, "encoder", None)
+        if encoder is None or self.cfg.encoder_lr_scale == 1.0:
+            return [{"params": list(self.model.parameters())}]
+        ids = {id(p) for p in encoder.parameters()}
+        rest = [p for p in self.model.parameters() if id(p) not in ids]
+        return [{"params": rest}, {"params": list(encoder.parameters()), "lr": self.cfg.lr * self.cfg.encoder_lr_scale}]
 
     def place(self, info: distributed.DistInfo) -> None:
         """Move to this process's device and wrap for DDP when there are several processes."""
@@ -132,7 +148,7 @@ class RegressionTask(_SingleNetworkTask):
     family = "regression"
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
-        super().__init__(cfg, UNetConfig(widths=cfg.widths, norm=cfg.norm), ab_prior)
+        super().__init__(cfg, network_config(cfg), ab_prior)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         pred, target = self.net(l_norm).float(), color.normalize_ab(ab_true)
@@ -159,7 +175,7 @@ class ClassificationTask(_SingleNetworkTask):
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
         self.centres = classification.bin_centres(ab_prior)
-        arch = UNetConfig(out_channels=len(self.centres), widths=cfg.widths, output_stride=2, norm=cfg.norm)
+        arch = network_config(cfg, out_channels=len(self.centres), output_stride=2)
         super().__init__(cfg, arch, ab_prior)
 
     def place(self, info: distributed.DistInfo) -> None:
@@ -195,7 +211,7 @@ class GanTask(_SingleNetworkTask):
     family = "gan"
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
-        arch = UNetConfig(in_channels=2 if cfg.gan_noise else 1, widths=cfg.widths, norm=cfg.norm)
+        arch = network_config(cfg, in_channels=2 if cfg.gan_noise else 1)
         super().__init__(cfg, arch, ab_prior)
         self.critic = gan.PatchCritic()
         # Adam betas (0.5, 0.999) as in pix2pix/DCGAN; WGAN-GP's paper uses (0, 0.9).
@@ -214,8 +230,11 @@ class GanTask(_SingleNetworkTask):
             return l_norm
         return torch.cat((l_norm, torch.randn_like(l_norm)), dim=1)
 
-    def _recon(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (pred - target).square().mean() if self.cfg.loss == "l2" else (pred - target).abs().mean()
+    def _recon(self, pred: torch.Tensor, target: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
+        """Mean L1 or L2 per channel, class-rebalanced per pixel when ``rebalance_lambda`` > 0 (rare,
+        saturated colours weigh more, so the L1 term's pull toward dull medians is weaker)."""
+        per_pixel = (pred - target).square() if self.cfg.loss == "l2" else (pred - target).abs()
+        return self._weighted_mean(per_pixel.mean(1), ab_true)
 
     def _adversarial(self, scores: torch.Tensor, real: bool) -> torch.Tensor:
         if self.cfg.gan_loss == "bce":
@@ -251,7 +270,7 @@ class GanTask(_SingleNetworkTask):
             g_adv = self._adversarial(self.critic_net(torch.cat((l_norm, fake_ab), 1)), True)
         else:
             g_adv = torch.zeros((), device=self.device)
-        recon = self._recon(fake_ab, ab_norm)
+        recon = self._recon(fake_ab, ab_norm, chroma)
         loss = g_adv + self.cfg.gan_recon_weight * recon
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
