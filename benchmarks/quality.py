@@ -114,6 +114,9 @@ def main() -> None:
     p.add_argument(
         "--temperatures", nargs="*", type=float, default=[], help="classification engines: annealed-mean temperatures"
     )
+    p.add_argument(
+        "--corrections", nargs="*", type=float, default=[], help="classification engines: rebalancing corrections"
+    )
     p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args = p.parse_args()
@@ -131,11 +134,12 @@ def main() -> None:
     for label, w in candidates:
         family = checkpoint.load(w if w is not None else get_spec(label).weights_path()).family
         temps = args.temperatures if family == "classification" and args.temperatures else [None]
-        settings = [(size, t) for size in args.working_sizes or [None] for t in temps]
-        for size, t in settings:
-            options = {} if t is None else {"temperature": t}
+        betas = args.corrections if family == "classification" and args.corrections else [None]
+        settings = [(size, t, b) for size in args.working_sizes or [None] for t in temps for b in betas]
+        for size, t, b in settings:
+            options = {k: v for k, v in (("temperature", t), ("correction", b)) if v is not None}
             c = load_colorizer(label if w is None else "custom", backend, weights=w, working_size=size, **options)
-            key = f"{label} @ {c.working_size}" + ("" if t is None else f", T {t:g}")
+            key = f"{label} @ {c.working_size}" + "".join(f", {k[0].upper()} {v:g}" for k, v in options.items())
             results[key], outs = evaluate(c.colorize, photos, weights)
             print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
             several = len(candidates) > 1 or len(settings) > 1

@@ -133,7 +133,16 @@ def run(
     ] = None,
     temperature: Annotated[
         float | None,
-        typer.Option(min=0.01, max=10.0, help="Classification engines: annealed-mean temperature (default 0.38)."),
+        typer.Option(min=0.01, max=10.0, help="Classification engines: annealed-mean temperature (default: the engine's; Zhang et al.: 0.38)."),
+    ] = None,
+    correction: Annotated[
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=2.0,
+            help="Classification engines: how much of the training's class rebalancing to undo before decoding "
+            "(0: Zhang et al.'s vivid decoding, 1: all of it; default: the engine's).",
+        ),
     ] = None,
     samples: Annotated[
         int, typer.Option(min=1, max=100, help="Engines with a noise input (GAN): write N colourings, <name>_1 ... _N.")
@@ -175,6 +184,8 @@ def run(
         decode_options["method"] = decoding.value
     if temperature is not None:
         decode_options["temperature"] = temperature
+    if correction is not None:
+        decode_options["correction"] = correction
     video = {"codec": codec, "crf": crf, "smoothing": smoothing.value, "strength": smoothing_strength}
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,

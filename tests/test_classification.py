@@ -45,3 +45,58 @@ def test_decodings_on_a_known_distribution():
     torch.testing.assert_close(annealed.flatten(), p @ centres)
     with pytest.raises(ValueError):
         classification.decode_distribution(logits, centres, "annealed", 0.0)
+
+
+def test_rebalancing_correction_recovers_the_unweighted_distribution():
+    # A rebalanced loss teaches softmax(logits) = p * w / Z; a correction of 1 must decode p's mean.
+    centres = _centres()
+    g = torch.Generator().manual_seed(0)
+    p = torch.softmax(torch.randn(len(centres), generator=g), 0)
+    log_w = torch.randn(len(centres), generator=g)
+    logits = (p.log() + log_w).view(1, -1, 1, 1)
+    want = (p[:, None] * centres).sum(0)
+    got = classification.decode_distribution(logits, centres, "mean", log_rebalance=log_w, correction=1.0)
+    torch.testing.assert_close(got.flatten(), want, atol=1e-4, rtol=1e-4)
+    raw = classification.decode_distribution(logits, centres, "mean")
+    assert (raw.flatten() - want).abs().max() > 1  # uncorrected, the mean is off
+    half = classification.decode_distribution(logits, centres, "mean", log_rebalance=log_w, correction=0.5)
+    assert 0 < (half.flatten() - want).norm() < (raw.flatten() - want).norm()
+    with pytest.raises(ValueError, match="no rebalancing weights"):
+        classification.decode_distribution(logits, centres, correction=0.5)
+
+
+def test_engine_records_its_rebalancing_weights_and_decoding_defaults(tmp_path):
+    import numpy as np
+
+    from engines import checkpoint
+    from engines.metrics import ab_bin_index
+    from engines.pipeline import load_colorizer
+    from engines.runtime import select_backend
+    from tests.test_training import _make_folder, _tiny_config
+    from training.decoding import set_decoding
+    from training.loop import train
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, family="classification", rebalance_lambda=0.5)
+    train(cfg, tmp_path / "run")
+    engine = checkpoint.load(tmp_path / "run" / "engine.pt")
+    state = engine.family_state
+    assert state["log_rebalance"].shape == (len(state["ab_centres"]),)
+    assert state["log_rebalance"].std() > 0.1  # rare bins weigh more than common ones
+    set_decoding(tmp_path / "run" / "engine.pt", tmp_path / "tuned.pt", temperature=0.6, correction=0.7)
+    tuned = checkpoint.load(tmp_path / "tuned.pt").family_state
+    assert (tuned["temperature"], tuned["correction"]) == (0.6, 0.7)
+    torch.testing.assert_close(tuned["log_rebalance"].float(), state["log_rebalance"].float(), atol=1e-2, rtol=0)
+    assert int(ab_bin_index(state["ab_centres"].T[None, :, :, None]).unique().numel()) == len(state["ab_centres"])
+
+    photo = np.random.default_rng(0).random((40, 56, 3), dtype=np.float32)
+    backend = select_backend("cpu")
+    recorded = load_colorizer("custom", backend, weights=tmp_path / "tuned.pt").colorize(photo)
+    explicit = load_colorizer("custom", backend, weights=tmp_path / "run" / "engine.pt", temperature=0.6, correction=0.7)
+    np.testing.assert_allclose(recorded, explicit.colorize(photo), atol=2e-3)
+    zhang = load_colorizer("custom", backend, weights=tmp_path / "tuned.pt", correction=0.0).colorize(photo)
+    assert np.abs(zhang - recorded).max() > 1e-3
+    with pytest.raises(ValueError, match="has no decoding"):
+        regression = _tiny_config(folder, tmp_path)
+        train(regression, tmp_path / "reg")
+        set_decoding(tmp_path / "reg" / "engine.pt", tmp_path / "x.pt", 0.5, 0.5)

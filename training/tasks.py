@@ -193,7 +193,10 @@ class ClassificationTask(_SingleNetworkTask):
         return classification.decode_distribution(raw, self.centres)
 
     def family_state(self) -> dict:
-        return {"ab_centres": self.centres.cpu(), "temperature": classification.DEFAULT_TEMPERATURE}
+        state = {"ab_centres": self.centres.cpu(), "temperature": classification.DEFAULT_TEMPERATURE}
+        if self.pixel_weights is not None:  # what the decoder's rebalancing correction undoes
+            state["log_rebalance"] = classification.log_rebalance_weights(self.centres.cpu(), self.pixel_weights.cpu())
+        return state
 
 
 TASKS = {"regression": RegressionTask, "classification": ClassificationTask}
