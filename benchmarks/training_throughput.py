@@ -151,7 +151,7 @@ def gan_passes(task: GanTask, batch: torch.Tensor) -> dict[str, Callable[[], Non
     def generator() -> None:
         zero_grads()
         pred = task.net(task._generator_input(l_norm)).float()
-        (task.cfg.gan_recon_weight * task._recon(pred, ab_norm)).backward()
+        (task.cfg.gan_recon_weight * task._recon(pred, ab_norm, chroma)).backward()
 
     def critic_real_fake() -> None:
         zero_grads()

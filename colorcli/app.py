@@ -133,7 +133,11 @@ def run(
     ] = None,
     temperature: Annotated[
         float | None,
-        typer.Option(min=0.01, max=10.0, help="Classification engines: annealed-mean temperature (default: the engine's; Zhang et al.: 0.38)."),
+        typer.Option(
+            min=0.01,
+            max=10.0,
+            help="Classification engines: annealed-mean temperature (default: the engine's; Zhang et al.: 0.38).",
+        ),
     ] = None,
     correction: Annotated[
         float | None,

@@ -167,7 +167,10 @@ class ResNetEncoder(nn.Module):
         number of tensors copied. The classifier must have this encoder's layout."""
         mine = ResNetConfig(widths=config.widths, stem_stride=2, stem_pool=True)
         if (config.widths, config.blocks, config.stem_stride, config.stem_pool) != (
-            mine.widths, mine.blocks, mine.stem_stride, mine.stem_pool
+            mine.widths,
+            mine.blocks,
+            mine.stem_stride,
+            mine.stem_pool,
         ) or tuple(config.widths) != tuple(self.channels[1:]):
             raise ValueError(
                 f"classifier layout (widths {list(config.widths)}, stem stride {config.stem_stride}, "

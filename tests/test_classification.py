@@ -92,7 +92,9 @@ def test_engine_records_its_rebalancing_weights_and_decoding_defaults(tmp_path):
     photo = np.random.default_rng(0).random((40, 56, 3), dtype=np.float32)
     backend = select_backend("cpu")
     recorded = load_colorizer("custom", backend, weights=tmp_path / "tuned.pt").colorize(photo)
-    explicit = load_colorizer("custom", backend, weights=tmp_path / "run" / "engine.pt", temperature=0.6, correction=0.7)
+    explicit = load_colorizer(
+        "custom", backend, weights=tmp_path / "run" / "engine.pt", temperature=0.6, correction=0.7
+    )
     np.testing.assert_allclose(recorded, explicit.colorize(photo), atol=2e-3)
     zhang = load_colorizer("custom", backend, weights=tmp_path / "tuned.pt", correction=0.0).colorize(photo)
     assert np.abs(zhang - recorded).max() > 1e-3

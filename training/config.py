@@ -82,7 +82,7 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     if cfg.encoder not in ("plain", "resnet18"):
         raise ValueError(f"encoder must be plain or resnet18, not {cfg.encoder!r}")
     if cfg.encoder_from and cfg.encoder != "resnet18":
-        raise ValueError("encoder_from needs encoder = \"resnet18\"")
+        raise ValueError('encoder_from needs encoder = "resnet18"')
     if cfg.norm not in ("batch", "group"):
         raise ValueError(f"norm must be batch or group, not {cfg.norm!r}")
     if cfg.batch_size % int(os.environ.get("WORLD_SIZE", "1")):
