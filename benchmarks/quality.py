@@ -24,21 +24,19 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 
+from benchmarks import ROOT, current_commit
 from engines import checkpoint, color
 from engines.evaluation import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
 from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES, get_spec
 from engines.runtime import select_backend
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:
@@ -148,9 +146,7 @@ def main() -> None:
     true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
 
     args.out.mkdir(parents=True, exist_ok=True)
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-    ).stdout.strip()
+    commit = current_commit()
     lines = [
         (
             f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training; "

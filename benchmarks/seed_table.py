@@ -17,11 +17,11 @@ The paper's figures are printed beside ours. Writes ``seed_table.md`` and ``seed
 from __future__ import annotations
 
 import argparse
-import subprocess
 from pathlib import Path
 
 import torch
 
+from benchmarks import ROOT, current_commit
 from benchmarks.quality import gallery
 from engines import color, resnet
 from engines.metrics import AbErrorCurve, RgbErrorCurve, colourfulness, rebalance_weights
@@ -31,7 +31,6 @@ from training.classifier import class_of
 from training.data import load_source
 from training.loop import chroma_prior
 
-ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "engines" / "weights"
 # The seed paper's CIFAR-10 test figures: (AuC, classifier accuracy).
 PAPER = {
@@ -93,9 +92,7 @@ def main() -> None:
         )
         print(rows[-1], flush=True)
 
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT, check=False
-    ).stdout.strip()
+    commit = current_commit()
     lines = [
         (
             f"CIFAR-10 test split, all {len(truth)} images at 32x32, coloured from their lightness; commit {commit}. "

@@ -32,12 +32,12 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import ROOT, current_commit
 from benchmarks.eccv16 import ECCV16
 from engines import runtime
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
 
-ROOT = Path(__file__).resolve().parents[1]
 PHOTO = ROOT / "examples" / "astronaut_gray.jpg"
 
 
@@ -69,12 +69,7 @@ def machine() -> str:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "none"
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+    commit = current_commit()
     return (
         f"Machine: {cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads; GPU: {gpu}. "
         f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, Python {platform.python_version()}. "

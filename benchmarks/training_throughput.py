@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from benchmarks import ROOT
 from benchmarks.video import _cpu_seconds
 from engines import color
 from training.config import TrainConfig, load_recipe
@@ -42,7 +43,6 @@ from training.data import BatchSampler, load_source, split
 from training.loop import chroma_prior
 from training.tasks import TASKS, GanTask
 
-ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "training" / "recipes"
 FAMILIES = ("regression", "classification", "gan")
 

@@ -39,6 +39,7 @@ import cv2
 import numpy as np
 import torch
 
+from benchmarks import ROOT
 from engines import color, temporal
 from engines.evaluation import video_frames
 from engines.pipeline import load_colorizer
@@ -51,7 +52,6 @@ from engines.video import (
     rgb_to_encoder_frame,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
 DEV = ROOT.parent / "shared" / "data" / "video-dev"
 
 
