@@ -34,15 +34,57 @@ def bin_centres(prior: torch.Tensor) -> torch.Tensor:
     return torch.stack((a, b), dim=1).float() * AB_BIN - AB_RANGE + AB_BIN / 2
 
 
-def soft_encode(ab: torch.Tensor, centres: torch.Tensor, k: int = 5, sigma: float = 5.0) -> torch.Tensor:
-    """ab ``(N, 2, H, W)`` -> target distribution ``(N, Q, H, W)`` over the ``k`` nearest bins, Gaussian-weighted."""
-    n, _, h, w = ab.shape
-    pix = ab.permute(0, 2, 3, 1).reshape(-1, 2)  # (P, 2)
-    d2 = torch.cdist(pix, centres).square()  # (P, Q)
-    near_d2, near_idx = d2.topk(k, dim=1, largest=False)
-    weights = torch.softmax(-near_d2 / (2 * sigma**2), dim=1)
-    target = torch.zeros_like(d2).scatter_(1, near_idx, weights)
-    return target.view(n, h, w, -1).permute(0, 3, 1, 2)
+class SoftEncoder:
+    """Zhang et al.'s soft targets as ``(bin index, weight)`` pairs over the ``k`` nearest bins.
+
+    The bins lie on the 10-unit grid, so a pixel's nearest bins are looked for among the 5x5 grid
+    cells around its own (25 candidates instead of all Q): any bin outside that block is at least
+    2.5 cells away. A pixel whose k-th candidate is farther than that (next to a hole in the gamut,
+    or off the grid) falls back to the exhaustive search, so the targets are exact either way.
+    """
+
+    def __init__(self, centres: torch.Tensor, k: int = 5, sigma: float = 5.0):
+        self.centres, self.k, self.sigma = centres, k, sigma
+        cell = ((centres + AB_RANGE) / AB_BIN).floor().long()
+        on_grid = bool(((cell >= 0) & (cell < AB_GRID)).all()) and torch.allclose(
+            centres, cell * AB_BIN - AB_RANGE + AB_BIN / 2
+        )
+        self.table = None  # grid cell (padded by 2 each side) -> bin number, -1 where no bin
+        if on_grid:
+            self.table = torch.full((AB_GRID + 4, AB_GRID + 4), -1, dtype=torch.long)
+            self.table[cell[:, 0] + 2, cell[:, 1] + 2] = torch.arange(len(centres))
+        r = torch.arange(-2, 3)
+        self.offsets = torch.stack(torch.meshgrid(r, r, indexing="ij"), -1).reshape(-1, 2) + 2
+
+    def to(self, device: torch.device) -> SoftEncoder:
+        self.centres, self.offsets = self.centres.to(device), self.offsets.to(device)
+        self.table = None if self.table is None else self.table.to(device)
+        return self
+
+    def _exhaustive(self, pix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        near_d2, idx = torch.cdist(pix, self.centres).square().topk(self.k, dim=1, largest=False)
+        return near_d2, idx
+
+    def __call__(self, ab: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ab ``(N, 2, H, W)`` -> bin indices and weights, each ``(N, k, H, W)``; weights sum to 1."""
+        n, _, h, w = ab.shape
+        pix = ab.permute(0, 2, 3, 1).reshape(-1, 2).float()
+        if self.table is None:
+            near_d2, idx = self._exhaustive(pix)
+        else:
+            cell = ((pix + AB_RANGE) / AB_BIN).floor().long()
+            inside = ((cell >= 0) & (cell < AB_GRID)).all(1)
+            cell = cell.clamp(0, AB_GRID - 1)
+            cand = self.table[cell[:, None, 0] + self.offsets[:, 0], cell[:, None, 1] + self.offsets[:, 1]]
+            d2 = (pix[:, None] - self.centres[cand.clamp(min=0)]).square().sum(-1)
+            near_d2, j = d2.masked_fill(cand < 0, float("inf")).topk(self.k, dim=1, largest=False)
+            idx = cand.gather(1, j)
+            redo = ~inside | (near_d2[:, -1] > (2.5 * AB_BIN) ** 2)
+            if redo.any():
+                near_d2[redo], idx[redo] = self._exhaustive(pix[redo])
+        weights = torch.softmax(-near_d2 / (2 * self.sigma**2), dim=1)
+        shape = (n, h, w, self.k)
+        return idx.view(shape).permute(0, 3, 1, 2), weights.view(shape).permute(0, 3, 1, 2)
 
 
 def log_rebalance_weights(centres: torch.Tensor, bin_weights: torch.Tensor) -> torch.Tensor:

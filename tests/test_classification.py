@@ -19,16 +19,49 @@ def test_bin_centres_are_the_occupied_grid_cells():
     torch.testing.assert_close(classification.bin_centres(prior), torch.tensor([[-105.0, -105.0], [-95.0, -85.0]]))
 
 
+def _exhaustive_targets(ab, centres, k=5, sigma=5.0):
+    """Zhang et al.'s definition, directly: the k nearest of all bins, Gaussian-weighted."""
+    pix = ab.permute(0, 2, 3, 1).reshape(-1, 2)
+    near_d2, idx = torch.cdist(pix, centres).square().topk(k, dim=1, largest=False)
+    dense = torch.zeros(len(pix), len(centres)).scatter_(1, idx, torch.softmax(-near_d2 / (2 * sigma**2), 1))
+    return dense
+
+
+def _dense(idx, weights, q):
+    flat = lambda t: t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
+    return torch.zeros(flat(idx).shape[0], q).scatter_(1, flat(idx), flat(weights))
+
+
 def test_soft_encoding_sums_to_one_over_five_nearest_bins():
     centres = _centres()
     ab = torch.tensor([[3.0, 7.0], [-55.0, 42.0]]).T.reshape(1, 2, 1, 2)
-    t = classification.soft_encode(ab, centres)
-    assert t.shape == (1, len(centres), 1, 2)
-    torch.testing.assert_close(t.sum(1), torch.ones(1, 1, 2))
-    assert ((t > 0).sum(1) == 5).all()
+    idx, weights = classification.SoftEncoder(centres)(ab)
+    assert idx.shape == weights.shape == (1, 5, 1, 2)
+    torch.testing.assert_close(weights.sum(1), torch.ones(1, 1, 2))
     # The nearest bin gets the most mass.
     nearest = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), centres).argmin(1)
-    assert (t.permute(0, 2, 3, 1).reshape(-1, len(centres)).argmax(1) == nearest).all()
+    assert (idx.gather(1, weights.argmax(1, keepdim=True)).flatten() == nearest).all()
+
+
+@pytest.mark.parametrize("holes", [False, True])
+def test_grid_soft_encoding_equals_the_exhaustive_search(holes):
+    # A sparse, holed gamut puts some pixels' 5 nearest bins outside their 5x5 block (the fallback),
+    # and pixels beyond +-110 fall off the grid; both must still get exactly the k nearest bins.
+    prior = torch.zeros(AB_GRID * AB_GRID)
+    prior[torch.randperm(AB_GRID * AB_GRID, generator=torch.Generator().manual_seed(0))[: 60 if holes else 300]] = 1
+    centres = classification.bin_centres(prior)
+    ab = (torch.rand(2, 2, 40, 40, generator=torch.Generator().manual_seed(1)) - 0.5) * 260
+    idx, weights = classification.SoftEncoder(centres)(ab)
+    # (cdist's matrix-product distances differ from direct ones by float rounding only)
+    torch.testing.assert_close(_dense(idx, weights, len(centres)), _exhaustive_targets(ab, centres), atol=1e-4, rtol=0)
+
+
+def test_soft_encoding_of_bins_off_the_grid_is_exhaustive():
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 60.0], [-33.0, 7.0], [12.5, -40.0], [80.0, 80.0]])
+    ab = (torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(2)) - 0.5) * 200
+    idx, weights = classification.SoftEncoder(centres)(ab)
+    # (cdist's matrix-product distances differ from direct ones by float rounding only)
+    torch.testing.assert_close(_dense(idx, weights, len(centres)), _exhaustive_targets(ab, centres), atol=1e-4, rtol=0)
 
 
 def test_decodings_on_a_known_distribution():

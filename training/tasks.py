@@ -175,18 +175,22 @@ class ClassificationTask(_SingleNetworkTask):
 
     def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
         self.centres = classification.bin_centres(ab_prior)
+        self.soft_encoder = classification.SoftEncoder(self.centres)
         arch = network_config(cfg, out_channels=len(self.centres), output_stride=2)
         super().__init__(cfg, arch, ab_prior)
 
     def place(self, info: distributed.DistInfo) -> None:
         super().place(info)
         self.centres = self.centres.to(self.device)
+        self.soft_encoder.to(self.device)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         logits = self.net(l_norm).float()
         ab_half = F.avg_pool2d(ab_true, 2)
-        target = classification.soft_encode(ab_half, self.centres)
-        per_pixel = -(target * F.log_softmax(logits, dim=1)).sum(1)
+        # Cross-entropy against the soft target, which has only k non-zero bins (weights sum to 1):
+        # logsumexp(logits) - sum_k w_k logits_k, without building the dense Q-channel target.
+        idx, weights = self.soft_encoder(ab_half)
+        per_pixel = torch.logsumexp(logits, dim=1) - (weights * logits.gather(1, idx)).sum(1)
         return self._weighted_mean(per_pixel, ab_half)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
