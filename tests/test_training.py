@@ -127,6 +127,60 @@ def test_tiny_classification_run_exports_an_engine_the_pipeline_decodes(tmp_path
     assert out.shape == (20, 30, 3)
 
 
+def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
+    import os
+    import signal
+
+    from training.loop import Interrupted
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path)
+    train(cfg, tmp_path / "straight")
+
+    def press_ctrl_c(step, scalars):  # a real SIGINT to this process, as a terminal sends it
+        if step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(Interrupted) as stopped:
+        train(cfg, tmp_path / "resumed", progress=press_ctrl_c)
+    assert stopped.value.step == 5
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 5
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    train(cfg, tmp_path / "resumed")
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
+    assert a["step"] == b["step"] == 8
+    for k, v in a["task"]["model"].items():
+        torch.testing.assert_close(b["task"]["model"][k], v, rtol=0, atol=0, msg=k)
+
+
+def test_sigterm_to_the_command_saves_and_exits_130_with_one_line(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    recipe = tmp_path / "tiny.toml"
+    recipe.write_text(
+        f'sources = ["{folder}"]\nsource_sizes = [40]\ncrop_size = 32\nwidths = [8, 16, 32, 64]\n'
+        f"batch_size = 8\nmax_steps = 1000000\nval_every = 2\nval_images = 16\nval_fraction = 0.2\n"
+        f'threads = 1\ncache_dir = "{tmp_path / "cache"}"\n'
+    )
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "training", str(recipe), "--out", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (out / "state.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the first validation saved state: the loop (and its handler) is running
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    step = torch.load(out / "state.pt", weights_only=True)["step"]
+    assert f"interrupted at step {step};" in err and "run the same command to resume" in err
+
+
 def test_two_processes_train_the_same_model_as_one(tmp_path):
     """torchrun with 2 CPU processes (gloo, DDP) against one process, step for step.
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from training import distributed
 from training.config import load_recipe
-from training.loop import train
+from training.loop import Interrupted, train
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +76,14 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         best = train(cfg, args.out, resume=not args.fresh, progress=progress)
+    except Interrupted as e:
+        if main_rank:
+            print(f"{e}; run the same command to resume", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
+        if main_rank:
+            print(f"interrupted; {args.out / 'state.pt'} holds the last saved state, if any", file=sys.stderr)
+        return 130
     finally:
         if bar is not None:
             bar.stop()

@@ -56,6 +56,15 @@ def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model)
 
 
+def any_process(flag: bool, info: DistInfo) -> bool:
+    """True on every process when ``flag`` is true on any (so that all stop at the same step)."""
+    if info.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def shutdown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()

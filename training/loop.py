@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Self
 
 import cv2
 import numpy as np
@@ -58,6 +61,38 @@ def validate(task, val_rgb: torch.Tensor, metric_weights: torch.Tensor) -> dict[
     }
 
 
+class Interrupted(Exception):
+    """Training stopped on Ctrl-C or SIGTERM at a step boundary, with its state saved there."""
+
+    def __init__(self, step: int, state_path: Path):
+        super().__init__(f"interrupted at step {step}; state saved to {state_path}")
+        self.step, self.state_path = step, state_path
+
+
+class _StopRequests:
+    """Ctrl-C (SIGINT) and SIGTERM (a scheduler's pre-emption) ask the loop to stop after the step
+    under way, so that the saved state resumes exactly; a second signal interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> Self:
+        if threading.current_thread() is threading.main_thread():  # signals go to the main thread only
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def _save_state(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save(payload, tmp)
@@ -93,7 +128,8 @@ def train(
     ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine),
     ``log.jsonl`` (one line per validation), ``curves.png`` and ``samples/`` (see ``training.figures``).
     ``stop_at_step`` pauses early (state saved), as an interruption would; running again with
-    ``resume`` continues exactly where it stopped.
+    ``resume`` continues exactly where it stopped. Ctrl-C or SIGTERM stops at the next step boundary,
+    saves the state and raises ``Interrupted``.
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -156,34 +192,38 @@ def train(
     last_save = time.monotonic()
     t0, seen0 = time.monotonic(), step
     end = min(cfg.max_steps, stop_at_step or cfg.max_steps)
-    while step < end:
-        scalars = task.step(sampler.next_batch(info.rank, info.world))
-        step += 1
-        if progress and info.is_main:
-            scalars["img_per_s"] = (step - seen0) * cfg.batch_size / max(1e-9, time.monotonic() - t0)
-            progress(step, scalars)
-        if step % cfg.val_every == 0 or step == cfg.max_steps:
-            # Every process validates (the models are identical), so all take the same decisions.
-            held_out = validate(task, val_rgb, metric_weights)
-            held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
-            if info.is_main:
-                with open(out_dir / "log.jsonl", "a") as f:
-                    f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **held_out}) + "\n")
-                figures.write_samples(task, samples, out_dir, step)
-                figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
-            if held_out["score"] > best["score"]:
-                best, stale = {**held_out, "step": step}, 0
+    with _StopRequests() as stop:
+        while step < end:
+            if distributed.any_process(stop.requested, info):
+                save_state()
+                raise Interrupted(step, state_path)
+            scalars = task.step(sampler.next_batch(info.rank, info.world))
+            step += 1
+            if progress and info.is_main:
+                scalars["img_per_s"] = (step - seen0) * cfg.batch_size / max(1e-9, time.monotonic() - t0)
+                progress(step, scalars)
+            if step % cfg.val_every == 0 or step == cfg.max_steps:
+                # Every process validates (the models are identical), so all take the same decisions.
+                held_out = validate(task, val_rgb, metric_weights)
+                held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
                 if info.is_main:
-                    export_engine(task, cfg, best, step, out_dir / "engine.pt")
-            else:
-                stale += 1
-            save_state()
-            last_save = time.monotonic()
-            if cfg.patience and stale >= cfg.patience:
-                break
-        elif time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
-            save_state()
-            last_save = time.monotonic()
+                    with open(out_dir / "log.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **held_out}) + "\n")
+                    figures.write_samples(task, samples, out_dir, step)
+                    figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
+                if held_out["score"] > best["score"]:
+                    best, stale = {**held_out, "step": step}, 0
+                    if info.is_main:
+                        export_engine(task, cfg, best, step, out_dir / "engine.pt")
+                else:
+                    stale += 1
+                save_state()
+                last_save = time.monotonic()
+                if cfg.patience and stale >= cfg.patience:
+                    break
+            elif time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
+                save_state()
+                last_save = time.monotonic()
     save_state()
     return best
 
