@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from engines import checkpoint, color
+from engines import checkpoint, color, gan
 from training.config import load_recipe
 from training.data import BatchSampler, load_source, split
 
@@ -36,15 +36,19 @@ def interpolate(
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor]) -> None:
-    """Re-estimate BatchNorm running statistics as the plain average over ``batches`` (sRGB crops)."""
+def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], color_space: str = "lab") -> None:
+    """Re-estimate BatchNorm running statistics as the plain average over ``batches`` (sRGB crops),
+    with the input the engine sees (its colour space's gray, plus a noise channel for a GAN)."""
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     for m in norms:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches seen
     model.train()
     for rgb in batches:
-        model(color.normalize_l(color.rgb_to_lab(rgb)[:, :1]))
+        x = color.input_from_lightness(color.rgb_to_lab(rgb)[:, :1], color_space)
+        if model.config.in_channels == 2:
+            x = torch.cat((x, gan.noise_like(x, None)), dim=1)
+        model(x)
     model.eval()
 
 
@@ -61,7 +65,7 @@ def soup(a_path: Path, b_path: Path, alpha: float, batches: list[torch.Tensor]) 
     )
     model = ckpt.build_model()
     if batches:
-        recalibrate_batchnorm(model, batches)
+        recalibrate_batchnorm(model, batches, a.color_space)
     ckpt.state_dict = model.state_dict()
     return ckpt
 
