@@ -97,17 +97,23 @@ def test_tiny_run_trains_and_exports_a_loadable_engine(tmp_path, loss, rebalance
     engine.build_model()(torch.zeros(1, 1, 32, 32))
 
 
+def _assert_same_final_state(straight: Path, resumed: Path, steps: int, parts=("model",)) -> None:
+    """The resumed run ends bit-identical to the one that ran straight through."""
+    a = torch.load(straight / "state.pt", weights_only=True)
+    b = torch.load(resumed / "state.pt", weights_only=True)
+    assert a["step"] == b["step"] == steps
+    for part in parts:
+        for k, v in a["task"][part].items():
+            torch.testing.assert_close(b["task"][part][k], v, rtol=0, atol=0, msg=f"{part}.{k}")
+
+
 def test_resume_continues_exactly(tmp_path):
     folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
     cfg = _tiny_config(folder, tmp_path)
     train(cfg, tmp_path / "straight")
     train(cfg, tmp_path / "resumed", stop_at_step=5)  # an interruption between validations
     train(cfg, tmp_path / "resumed")
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
-    assert a["step"] == b["step"] == 8
-    for k, v in a["task"]["model"].items():
-        torch.testing.assert_close(b["task"]["model"][k], v, rtol=0, atol=0, msg=k)
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 
 
 def test_tiny_classification_run_exports_an_engine_the_pipeline_decodes(tmp_path):
@@ -147,11 +153,7 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 5
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
     train(cfg, tmp_path / "resumed")
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)
-    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)
-    assert a["step"] == b["step"] == 8
-    for k, v in a["task"]["model"].items():
-        torch.testing.assert_close(b["task"]["model"][k], v, rtol=0, atol=0, msg=k)
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 
 
 def test_sigterm_to_the_command_saves_and_exits_130_with_one_line(tmp_path):
@@ -229,11 +231,7 @@ def test_tiny_gan_run_pretrains_then_trains_the_critic_and_resumes_exactly(tmp_p
     assert "critic_loss" in log[-1] and np.isfinite(log[-1]["critic_loss"])
     train(cfg, tmp_path / "resumed", stop_at_step=3)
     train(cfg, tmp_path / "resumed")
-    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)["task"]
-    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["task"]
-    for part in ("model", "critic"):
-        for k, v in a[part].items():
-            torch.testing.assert_close(b[part][k], v, rtol=0, atol=0, msg=f"{part}.{k}")
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8, parts=("model", "critic"))
     # The shipped generator takes a noise channel: different seeds, different colourings; same seed, same.
     c = load_colorizer("custom", select_backend("cpu"), weights=tmp_path / "straight" / "engine.pt")
     assert c.noise_input
