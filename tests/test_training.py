@@ -32,6 +32,39 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
         from_dict({"loss": "l3"})
 
 
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("lr", "abc", "lr must be a number"),
+        ("max_steps", 2.5, "max_steps must be an integer"),
+        ("gan_noise", 1, "gan_noise must be true or false"),
+        ("widths", [32, 64.5], "widths must be a list of integers"),
+        ("sources", "a.tar", "sources must be a list of strings"),
+        ("init_from", 3, "init_from must be a string"),
+    ],
+)
+def test_recipe_values_of_the_wrong_type_are_rejected(key, value, message):
+    with pytest.raises(ValueError, match=message):
+        from_dict({key: value})
+    assert from_dict({"lr": 1, "widths": [8, 16]}).widths == (8, 16)  # an int stands for a float
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("lr=abc", "error: recipe key lr must be a number, not 'abc'"),  # not TOML: taken as a string
+        ("loss=l3", "error: loss must be l1, l2 or huber, not 'l3'"),
+        ("max_steps", "error: --set takes KEY=VALUE, not 'max_steps'"),
+    ],
+)
+def test_bad_overrides_on_the_command_line_give_one_line(tmp_path, capsys, override, message):
+    from training.__main__ import main
+
+    assert main([str(RECIPES[0]), "--out", str(tmp_path / "run"), "--set", override]) == 2
+    assert capsys.readouterr().err.strip() == message
+    assert not (tmp_path / "run").exists()
+
+
 def _colourful(rng, size: int) -> np.ndarray:
     """A smooth random colour field (BGR uint8)."""
     small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)

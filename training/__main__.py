@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a recipe key; VALUE is TOML (e.g. --set max_steps=500 --set loss='\"l1\"')",
+        help="override a recipe key; VALUE is TOML, or a plain string (e.g. --set max_steps=500 --set loss=l1)",
     )
     p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt in --out")
     args = p.parse_args(argv)
@@ -36,8 +36,14 @@ def main(argv: list[str] | None = None) -> int:
 
     overrides = {}
     for item in args.set:
-        key, _, value = item.partition("=")
-        overrides.update(tomllib.loads(f"{key} = {value}"))
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            print(f"error: --set takes KEY=VALUE, not {item!r}", file=sys.stderr)
+            return 2
+        try:
+            overrides.update(tomllib.loads(f"{key.strip()} = {value}"))
+        except tomllib.TOMLDecodeError:  # not TOML: take it as a plain string (paths, names)
+            overrides[key.strip()] = value
     try:
         cfg = load_recipe(args.recipe, overrides)
     except (OSError, ValueError) as e:

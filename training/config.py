@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+import typing
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -64,12 +65,34 @@ class TrainConfig:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
+def _check_type(key: str, value: Any, expected: Any) -> None:
+    """A recipe value must have its field's type (an int may stand for a float; tuples element-wise)."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+    def fits(v: Any, kind: type) -> bool:
+        if kind is bool or isinstance(v, bool):
+            return kind is bool and isinstance(v, bool)
+        return isinstance(v, (int, float) if kind is float else kind)
+
+    if typing.get_origin(expected) is tuple:
+        item = typing.get_args(expected)[0]
+        ok = isinstance(value, tuple) and all(fits(v, item) for v in value)
+        wanted = f"a list of {names[item].removeprefix('a ').removeprefix('an ')}s"
+    else:
+        ok, wanted = fits(value, expected), names[expected]
+    if not ok:
+        raise ValueError(f"recipe key {key} must be {wanted}, not {value!r}")
+
+
 def from_dict(d: dict[str, Any]) -> TrainConfig:
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(set(d) - set(known))
     if unknown:
         raise ValueError(f"unknown recipe keys: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in values.items():
+        _check_type(key, value, hints[key])
     cfg = replace(TrainConfig(), **values)
     if len(cfg.sources) != len(cfg.source_sizes):
         raise ValueError("sources and source_sizes must have the same length")
