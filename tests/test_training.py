@@ -300,6 +300,34 @@ def test_soup_interpolates_weights_and_recalibrates_batchnorm(tmp_path):
     assert recal.trained_on["soup"]["alpha"] == 0.5
 
 
+def test_soup_of_gan_engines_sees_their_colour_space_and_noise_channel(tmp_path):
+    """BatchNorm re-estimation must feed a GAN generator what it sees at work: two input channels
+    (gray and noise) and its colour space's gray, here YUV's, not CIELAB's normalised L."""
+    from engines import color
+    from engines.unet import UNet, UNetConfig
+    from training.soup import soup
+
+    cfg = UNetConfig(in_channels=2, widths=(8, 16, 32, 64), color_space="yuv")
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        m = UNet(cfg)
+        with torch.no_grad():
+            m.stem[0][0].weight[:, 1] = 0  # noise plays no part in the stem's statistics checked below
+        paths.append(tmp_path / f"{seed}.pt")
+        checkpoint.save(checkpoint.EngineCheckpoint("gan", cfg, m.state_dict(), color_space="yuv"), paths[-1])
+    batches = [torch.rand(4, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    recal = soup(paths[0], paths[1], 0.5, batches=batches)
+    conv = recal.build_model().stem[0][0]
+    with torch.no_grad():
+        seen = [
+            conv(torch.cat((g, torch.zeros_like(g)), 1))
+            for g in (color.input_from_lightness(color.rgb_to_lab(b)[:, :1], "yuv") for b in batches)
+        ]
+    expected = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
+    torch.testing.assert_close(recal.state_dict["stem.0.1.running_mean"], expected, rtol=1e-4, atol=1e-5)
+
+
 def test_run_writes_curves_and_before_after_sample_grids(tmp_path):
     folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
     cfg = _tiny_config(folder, tmp_path, val_images=6)

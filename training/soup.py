@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -80,7 +81,7 @@ def training_batches(recipe: Path, n: int, seed: int = 123) -> list[torch.Tensor
     return [sampler.next_batch() for _ in range(n)]
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("a", type=Path)
     p.add_argument("b", type=Path)
@@ -89,13 +90,18 @@ def main() -> None:
     p.add_argument("--bn-batches", type=int, default=100)
     p.add_argument("--working-size", type=int, default=None)
     p.add_argument("--out", type=Path, required=True)
-    args = p.parse_args()
-    ckpt = soup(args.a, args.b, args.alpha, training_batches(args.recipe, args.bn_batches))
+    args = p.parse_args(argv)
+    try:
+        ckpt = soup(args.a, args.b, args.alpha, training_batches(args.recipe, args.bn_batches))
+    except (OSError, ValueError, KeyError) as e:  # missing or mismatched engines, a bad recipe
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.working_size:
         ckpt.working_size = args.working_size
     checkpoint.save(ckpt, args.out, half=True)
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
