@@ -43,7 +43,9 @@ class PatchCritic(nn.Module):
         return self.net(lab_norm)
 
 
-def noise_like(l_norm: torch.Tensor, seed: int | None) -> torch.Tensor:
-    """A standard-normal noise map shaped like ``l_norm (N, 1, H, W)``; the same seed gives the same map."""
+def with_noise(l_in: torch.Tensor, seed: int | None) -> torch.Tensor:
+    """A generator's two-channel input: the gray input ``(N, 1, H, W)`` and a standard-normal noise
+    map beside it; the same seed gives the same map (``None``: drawn from torch's global generator)."""
     g = torch.Generator().manual_seed(seed) if seed is not None else None
-    return torch.randn(l_norm.shape, generator=g).to(l_norm.device, l_norm.dtype)
+    noise = torch.randn(l_in.shape, generator=g).to(l_in.device, l_in.dtype)
+    return torch.cat((l_in, noise), dim=1)

@@ -102,7 +102,7 @@ class Colorizer:
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
         l_in = F.pad(color.input_from_lightness(l_small, self.color_space), (0, pw, 0, ph), mode="replicate")
         if self.noise_input:
-            l_in = torch.cat((l_in, gan.noise_like(l_in, self.seed)), dim=1)
+            l_in = gan.with_noise(l_in, self.seed)
         # (The CUDA runner copies host tensors itself, from pinned memory.)
         ab_work = self.decode(self.model(l_in).float().cpu())
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution

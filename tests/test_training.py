@@ -189,19 +189,32 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
     _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 
 
+def _tiny_recipe(tmp_path: Path, *lines: str) -> Path:
+    """A TOML recipe for a tiny run on 30 synthetic colour images, for tests that run the command."""
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    recipe = tmp_path / "tiny.toml"
+    common = [
+        f'sources = ["{folder}"]',
+        "source_sizes = [40]",
+        "crop_size = 32",
+        "widths = [8, 16, 32, 64]",
+        "batch_size = 8",
+        "val_images = 16",
+        "val_fraction = 0.2",
+        "threads = 1",
+        f'cache_dir = "{tmp_path / "cache"}"',
+    ]
+    recipe.write_text("\n".join(common + list(lines)) + "\n")
+    return recipe
+
+
 def test_sigterm_to_the_command_saves_and_exits_130_with_one_line(tmp_path):
     import signal
     import subprocess
     import sys
     import time
 
-    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(
-        f'sources = ["{folder}"]\nsource_sizes = [40]\ncrop_size = 32\nwidths = [8, 16, 32, 64]\n'
-        f"batch_size = 8\nmax_steps = 1000000\nval_every = 2\nval_images = 16\nval_fraction = 0.2\n"
-        f'threads = 1\ncache_dir = "{tmp_path / "cache"}"\n'
-    )
+    recipe = _tiny_recipe(tmp_path, "max_steps = 1000000", "val_every = 2")
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "training", str(recipe), "--out", str(out)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -225,12 +238,8 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     import subprocess
     import sys
 
-    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
-    recipe = tmp_path / "tiny.toml"
-    recipe.write_text(
-        f'sources = ["{folder}"]\nsource_sizes = [40]\ncrop_size = 32\nwidths = [8, 16, 32, 64]\nnorm = "group"\n'
-        f"batch_size = 8\nmax_steps = 6\nwarmup_steps = 2\nval_every = 3\nval_images = 16\nval_fraction = 0.2\n"
-        f'threads = 1\nrebalance_lambda = 0.5\ncache_dir = "{tmp_path / "cache"}"\n'
+    recipe = _tiny_recipe(
+        tmp_path, 'norm = "group"', "max_steps = 6", "warmup_steps = 2", "val_every = 3", "rebalance_lambda = 0.5"
     )
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     one = [sys.executable, "-m", "training", str(recipe), "--out", str(tmp_path / "one")]

@@ -48,7 +48,7 @@ def recalibrate_batchnorm(model: torch.nn.Module, batches: list[torch.Tensor], c
     for rgb in batches:
         x = color.input_from_lightness(color.rgb_to_lab(rgb)[:, :1], color_space)
         if model.config.in_channels == 2:
-            x = torch.cat((x, gan.noise_like(x, None)), dim=1)
+            x = gan.with_noise(x, None)
         model(x)
     model.eval()
 

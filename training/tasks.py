@@ -292,7 +292,7 @@ class GanTask(_SingleNetworkTask):
 
     def _input(self, l: torch.Tensor) -> torch.Tensor:
         l_norm = super()._input(l)
-        return torch.cat((l_norm, gan.noise_like(l_norm, seed=0)), 1) if self.cfg.gan_noise else l_norm
+        return gan.with_noise(l_norm, seed=0) if self.cfg.gan_noise else l_norm
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return color.denormalize_ab(raw)
