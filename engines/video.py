@@ -61,7 +61,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -567,6 +567,30 @@ def _frame_to_rgb(frame: av.VideoFrame, width: int, height: int) -> np.ndarray:
     if (frame.width, frame.height) != (width, height):
         kwargs.update(width=width, height=height, interpolation="BICUBIC")
     return frame.to_ndarray(format="rgb24", threads=1, **kwargs)
+
+
+def sample_frames(path: Path, per_second: float) -> Iterator[tuple[int, np.ndarray]]:
+    """Yield ``(frame index, rgb_u8 (H, W, 3))`` for about ``per_second`` frames per second of a film:
+    the first frame, then the first one at or after each further ``1 / per_second`` seconds of its
+    timestamps. For training sets, where neighbouring frames are near-duplicates. Packets that fail to
+    decode are skipped; raises ``VideoError`` when the file cannot be opened or has no video stream."""
+    with _open_input(Path(path)) as container:
+        stream = _pick_video_stream(container)
+        if stream is None:
+            raise VideoError("no video stream")
+        rate = float(stream.average_rate or stream.guessed_rate or 25)
+        index, due = 0, None
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.FFmpegError:
+                continue
+            for frame in frames:
+                t = frame.time if frame.time is not None else index / rate
+                if due is None or t >= due - 1e-6:
+                    due = t + 1 / per_second
+                    yield index, _frame_to_rgb(frame, frame.width, frame.height)
+                index += 1
 
 
 @dataclass

@@ -13,7 +13,7 @@ import torch
 
 from engines import checkpoint
 from training.config import TrainConfig, from_dict, load_recipe
-from training.data import GRAY_CHROMA_P95, chroma_p95, iter_source, load_source
+from training.data import FRAME_MARK, GRAY_CHROMA_P95, chroma_p95, is_validation, load_source
 from training.loop import train
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "training" / "recipes").glob("*.toml"))
@@ -95,7 +95,60 @@ def test_gray_images_are_dropped_and_tar_streams_match_folders(tmp_path):
     assert len(a.names) == len(b.names) == 12
     np.testing.assert_array_equal(a.rgb_u8, b.rgb_u8)
     assert (chroma_p95(a.rgb_u8) >= GRAY_CHROMA_P95).all()
-    assert len(list(iter_source(tar_path))) == 17  # the text member is skipped
+
+
+def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_path):
+    from fractions import Fraction
+
+    from tests.test_video import make_clip
+
+    root = _make_folder(tmp_path / "mixed", n_colour=2, n_gray=0)
+    (root / "clips").mkdir()
+    rng = np.random.default_rng(1)
+    colour = [np.ascontiguousarray(cv2.resize(_colourful(rng, 16), (80, 48))[:, :, ::-1]) for _ in range(48)]
+    make_clip(root / "clips" / "colour.mp4", frames=colour, size=(80, 48), rate=Fraction(24))
+    gray = [np.repeat(f.mean(2, keepdims=True).astype(np.uint8), 3, 2) for f in colour[:24]]
+    make_clip(root / "clips" / "gray.mkv", frames=gray, size=(80, 48), rate=Fraction(24))
+
+    mixed = load_source(root, 32, tmp_path / "cache")
+    # 48 frames at 24 fps are 2 s: frames at 0, 0.5, 1 and 1.5 s; the gray film's two are dropped.
+    films = [f"clips/colour.mp4{FRAME_MARK}{i:06d}" for i in (0, 12, 24, 36)]
+    assert mixed.names == ["c000.png", "c001.png", *films]
+    assert mixed.dropped_gray == 2
+    for name, got in zip(films, mixed.rgb_u8[2:]):
+        want = cv2.resize(colour[int(name[-6:])][:, 16:64], (32, 32), interpolation=cv2.INTER_AREA)
+        assert np.abs(got.astype(int) - want).mean() < 4  # the frame asked for, in RGB order
+
+    alone = load_source(root / "clips" / "colour.mp4", 32, tmp_path / "cache")
+    assert alone.names == [n.removeprefix("clips/") for n in films]
+    np.testing.assert_array_equal(alone.rgb_u8, mixed.rgb_u8[2:])
+    for fraction in (0.1, 0.3, 0.5, 0.7):  # a film's frames never straddle the split
+        assert len({is_validation(n, fraction) for n in films}) == 1
+    assert {is_validation(f"film-{k}.mp4{FRAME_MARK}000000", 0.5) for k in range(20)} == {True, False}
+
+
+def test_unusable_sources_are_one_line_errors(tmp_path, capsys):
+    from training.__main__ import main
+
+    recipe = _tiny_recipe(tmp_path)
+    (tmp_path / "notes.txt").write_text("not images")
+    broken = tmp_path / "broken.tar.gz"
+    with tarfile.open(broken, "w:gz") as tar:
+        for p in sorted((tmp_path / "imgs").iterdir()):
+            tar.add(p, arcname=p.name)
+    broken.write_bytes(broken.read_bytes()[:-200])  # truncated mid-stream
+    cases = {
+        str(tmp_path / "missing"): "not found",
+        str(tmp_path / "notes.txt"): "not a folder, a tar archive or a video file",
+        str(broken): "cannot be read",
+    }
+    for source, message in cases.items():
+        sources = f"sources = [{str(tmp_path / 'imgs')!r}, {source!r}]"
+        argv = [str(recipe), "--out", str(tmp_path / "run"), "--set", sources, "--set", "source_sizes = [40, 40]"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("error: source ") and message in err and "\n" not in err
+        assert not (tmp_path / "run" / "state.pt").exists()
 
 
 def _tiny_config(folder: Path, tmp_path: Path, **kw) -> TrainConfig:
@@ -180,11 +233,12 @@ def test_ctrl_c_stops_at_a_step_boundary_and_resumes_exactly(tmp_path):
         if step == 5:
             os.kill(os.getpid(), signal.SIGINT)
 
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN when the tests run in a background job
     with pytest.raises(Interrupted) as stopped:
         train(cfg, tmp_path / "resumed", progress=press_ctrl_c)
     assert stopped.value.step == 5
     assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 5
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+    assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     train(cfg, tmp_path / "resumed")
     _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from training import distributed
 from training.config import load_recipe
+from training.data import DataError
 from training.loop import Interrupted, train
 
 
@@ -82,6 +83,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         best = train(cfg, args.out, resume=not args.fresh, progress=progress)
+    except DataError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except Interrupted as e:
         if main_rank:
             print(f"{e}; run the same command to resume", file=sys.stderr)

@@ -13,7 +13,7 @@ from typing import Any
 @dataclass(frozen=True)
 class TrainConfig:
     family: str = "regression"
-    # Data: tar shards or folders of images; each is decoded at ``source_size`` (square centre crop).
+    # Data: tar shards, folders (images and films) or films; each is decoded at ``source_size`` (square centre crop).
     sources: tuple[str, ...] = ()
     source_sizes: tuple[int, ...] = ()
     val_fraction: float = 0.02

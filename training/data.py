@@ -1,9 +1,10 @@
-"""Training data: image sources (tar shards, folders) decoded once into a uint8 cache, a
-grayscale filter, a deterministic validation split, and batched augmentation in torch.
+"""Training data: image sources (tar shards, folders, video files) decoded once into a uint8 cache,
+a grayscale filter, a deterministic validation split, and batched augmentation in torch.
 
 Images are decoded with OpenCV here rather than PyAV: a training set is tens of thousands of small
 files, and opening one demuxer per file costs more than the whole decode. (Photos given to the CLI go
-through PyAV, see ``engines.photo_io``.)
+through PyAV, see ``engines.photo_io``.) Films, alone or inside a folder, go through PyAV
+(``engines.video.sample_frames``), a few frames per second of each.
 """
 
 from __future__ import annotations
@@ -23,11 +24,18 @@ import torch
 from torch.nn import functional as F
 
 from engines import color
+from engines.formats import VIDEO_SUFFIXES
+from engines.video import VideoError, sample_frames
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # An image whose 95th-percentile chroma (CIELAB, sqrt(a^2 + b^2)) is below this is gray or nearly so
 # (including most sepia and toned prints): it would teach the model to output gray.
 GRAY_CHROMA_P95 = 6.0
+# Frames taken from each second of a film: neighbouring frames are near-duplicates, so more would add
+# decoding time and weight one scene over others rather than information.
+VIDEO_FRAMES_PER_SECOND = 2.0
+# A film's frames are named "<film>#frame<index>"; the validation split keeps all of them on one side.
+FRAME_MARK = "#frame"
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -40,19 +48,27 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
                     yield member.name, f.read()
 
 
-def _iter_folder(path: Path) -> Iterator[tuple[str, bytes]]:
-    for p in sorted(path.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-            yield str(p.relative_to(path)), p.read_bytes()
+class DataError(ValueError):
+    """A training source that cannot be used: the message is one line for the user."""
 
 
-def iter_source(path: Path) -> Iterator[tuple[str, bytes]]:
-    """Yield ``(name, encoded bytes)`` for every image in a tar shard or a folder."""
-    if path.is_dir():
-        return _iter_folder(path)
-    if tarfile.is_tarfile(path):
-        return _iter_tar(path)
-    raise ValueError(f"{path}: not a folder or a tar archive")
+def check_source(path: Path) -> None:
+    """Raise ``DataError`` unless ``path`` is a folder, a tar archive or a film (by suffix)."""
+    if not path.exists():
+        raise DataError(f"source {path}: not found")
+    if not (path.is_dir() or _is_film(path) or tarfile.is_tarfile(path)):
+        raise DataError(f"source {path}: not a folder, a tar archive or a video file")
+
+
+def _square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre crop to a square and resize to ``size`` (area when shrinking)."""
+    h, w = image.shape[:2]
+    s = min(h, w)
+    y0, x0 = (h - s) // 2, (w - s) // 2
+    image = image[y0 : y0 + s, x0 : x0 + s]
+    if s != size:
+        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
+    return np.ascontiguousarray(image)
 
 
 def decode_rgb(data: bytes, size: int) -> np.ndarray | None:
@@ -60,13 +76,40 @@ def decode_rgb(data: bytes, size: int) -> np.ndarray | None:
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         return None
-    h, w = bgr.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    bgr = bgr[y0 : y0 + s, x0 : x0 + s]
-    if s != size:
-        bgr = cv2.resize(bgr, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(bgr[:, :, ::-1])
+    return _square(bgr[:, :, ::-1], size)
+
+
+def _is_film(path: Path) -> bool:
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
+    try:
+        for index, rgb in sample_frames(path, VIDEO_FRAMES_PER_SECOND):
+            yield f"{name}{FRAME_MARK}{index:06d}", _square(rgb, size)
+    except VideoError:
+        return  # unreadable, like an undecodable image: skipped
+
+
+def iter_decoded(path: Path, size: int) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield ``(name, rgb_u8 (size, size, 3))`` for every image of a source: a tar shard's image
+    members, a folder's images and films (searched recursively), or a film's sampled frames."""
+    if path.is_dir():
+        for p in sorted(path.rglob("*")):
+            name = str(p.relative_to(path))
+            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
+                rgb = decode_rgb(p.read_bytes(), size)
+                if rgb is not None:
+                    yield name, rgb
+            elif p.is_file() and _is_film(p):
+                yield from _film_frames(p, name, size)
+    elif _is_film(path):
+        yield from _film_frames(path, path.name, size)
+    else:
+        for name, data in _iter_tar(path):
+            rgb = decode_rgb(data, size)
+            if rgb is not None:
+                yield name, rgb
 
 
 def chroma_p95(rgb_u8: np.ndarray) -> np.ndarray:
@@ -81,8 +124,9 @@ def chroma_p95(rgb_u8: np.ndarray) -> np.ndarray:
 
 
 def is_validation(name: str, fraction: float) -> bool:
-    """A stable split by the member's name: the same image is always on the same side."""
-    return zlib.crc32(name.encode()) % 10_000 < fraction * 10_000
+    """A stable split by the member's name: the same image, and every frame of the same film, is
+    always on the same side."""
+    return zlib.crc32(name.split(FRAME_MARK)[0].encode()) % 10_000 < fraction * 10_000
 
 
 @dataclass
@@ -96,19 +140,23 @@ class ImageSet:
 
 def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False) -> ImageSet:
     """Decode a source once (gray images dropped unless ``keep_gray``) and cache it under ``cache_dir``."""
+    check_source(path)
     st = path.stat()
     gray = "keep" if keep_gray else GRAY_CHROMA_P95
-    key = hashlib.sha1(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{gray}".encode()).hexdigest()[:16]
+    films = f"|{VIDEO_FRAMES_PER_SECOND}" if path.is_dir() or _is_film(path) else ""
+    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{gray}{films}"
+    key = hashlib.sha1(key.encode()).hexdigest()[:16]
     cache = cache_dir / f"{path.name}-{size}-{key}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         return ImageSet(z["rgb_u8"], list(z["names"]), int(z["dropped_gray"]))
     names, images = [], []
-    for name, data in iter_source(path):
-        rgb = decode_rgb(data, size)
-        if rgb is not None:
+    try:
+        for name, rgb in iter_decoded(path, size):
             names.append(name)
             images.append(rgb)
+    except (tarfile.TarError, EOFError, zlib.error, OSError) as e:  # a truncated or corrupt shard
+        raise DataError(f"source {path}: cannot be read ({' '.join(str(e).split()) or type(e).__name__})") from e
     rgb_u8 = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     keep = np.ones(len(rgb_u8), bool) if keep_gray else chroma_p95(rgb_u8) >= GRAY_CHROMA_P95
     result = ImageSet(rgb_u8[keep], [n for n, k in zip(names, keep) if k], int((~keep).sum()))

@@ -20,7 +20,7 @@ from engines import checkpoint, color
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
 from training import distributed, figures
 from training.config import TrainConfig
-from training.data import BatchSampler, load_source, split
+from training.data import BatchSampler, DataError, check_source, load_source, split
 from training.tasks import TASKS
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -138,6 +138,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
+    for src in cfg.sources:  # all of them before decoding any: a typo in the last should not wait
+        check_source(Path(src))
     train_sets, val_sets = [], []
     for src, size in zip(cfg.sources, cfg.source_sizes):
         images = load_source(Path(src), size, cache)
@@ -145,7 +147,7 @@ def train(
         train_sets.append(tr)
         val_sets.append(va)
     if not train_sets or sum(len(t) for t in train_sets) == 0:
-        raise ValueError("no training images found in the configured sources")
+        raise DataError("no colour training images found in the configured sources")
     # Metrics are always in CIELAB; the engine's own prior is in the space it predicts.
     prior = chroma_prior(train_sets)
     metric_weights = rebalance_weights(prior, lam=0.0)
