@@ -127,6 +127,31 @@ def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_pa
     assert {is_validation(f"film-{k}.mp4{FRAME_MARK}000000", 0.5) for k in range(20)} == {True, False}
 
 
+def test_small_sources_still_get_a_validation_film_or_image(tmp_path, capsys):
+    from training.__main__ import main
+    from training.data import ImageSet, split
+
+    names = [f"film{k}.mp4{FRAME_MARK}{i:06d}" for k in range(3) for i in range(4)]
+    films = ImageSet(np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1), names, 0)
+    tiny = 0.0005  # of three films, a share that picks none ...
+    assert not any(is_validation(n, tiny) for n in names)
+    train_part, val_part = split(films, tiny)
+    held = {names[i].split(FRAME_MARK)[0] for i in val_part.ravel()}
+    assert len(held) == 1 and len(val_part) == 4 and len(train_part) == 8  # ... so one whole film is held out
+    one_film = ImageSet(films.rgb_u8[:4], names[:4], 0)
+    assert len(split(one_film, tiny)[1]) == 0  # nothing to spare
+
+    recipe = _tiny_recipe(tmp_path)
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "only.png").write_bytes((tmp_path / "imgs" / "c000.png").read_bytes())
+    argv = [str(recipe), "--out", str(tmp_path / "run"), "--set", f"sources = [{str(single)!r}]"]
+    assert main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no images left for validation: give more images or films, or raise val_fraction"
+    )
+
+
 def test_unusable_sources_are_one_line_errors(tmp_path, capsys):
     from training.__main__ import main
 

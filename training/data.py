@@ -123,10 +123,14 @@ def chroma_p95(rgb_u8: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
+def _split_key(name: str) -> int:
+    return zlib.crc32(name.split(FRAME_MARK)[0].encode()) % 10_000
+
+
 def is_validation(name: str, fraction: float) -> bool:
     """A stable split by the member's name: the same image, and every frame of the same film, is
     always on the same side."""
-    return zlib.crc32(name.split(FRAME_MARK)[0].encode()) % 10_000 < fraction * 10_000
+    return _split_key(name) < fraction * 10_000
 
 
 @dataclass
@@ -168,7 +172,13 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
 
 
 def split(images: ImageSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    val = np.array([is_validation(n, val_fraction) for n in images.names], dtype=bool)
+    """``(train, validation)`` images. A source too small for ``val_fraction`` to pick anything (a few
+    films, a few dozen photos) still gives validation its first image or film in split order, as long
+    as something is left to train on."""
+    keys = np.array([_split_key(n) for n in images.names], dtype=np.int64)
+    val = keys < val_fraction * 10_000
+    if val_fraction > 0 and not val.any() and len(set(keys.tolist())) > 1:
+        val = keys == keys.min()
     return images.rgb_u8[~val], images.rgb_u8[val]
 
 

@@ -148,6 +148,8 @@ def train(
         val_sets.append(va)
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise DataError("no colour training images found in the configured sources")
+    if sum(len(v) for v in val_sets) == 0:
+        raise DataError("no images left for validation: give more images or films, or raise val_fraction")
     # Metrics are always in CIELAB; the engine's own prior is in the space it predicts.
     prior = chroma_prior(train_sets)
     metric_weights = rebalance_weights(prior, lam=0.0)
