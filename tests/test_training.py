@@ -119,6 +119,10 @@ def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_pa
         want = cv2.resize(colour[int(name[-6:])][:, 16:64], (32, 32), interpolation=cv2.INTER_AREA)
         assert np.abs(got.astype(int) - want).mean() < 4  # the frame asked for, in RGB order
 
+    # The cache notices a change deep inside the folder (the folder's own times do not change).
+    (root / "clips" / "gray.mkv").unlink()
+    assert load_source(root, 32, tmp_path / "cache").dropped_gray == 0
+
     alone = load_source(root / "clips" / "colour.mp4", 32, tmp_path / "cache")
     assert alone.names == [n.removeprefix("clips/") for n in films]
     np.testing.assert_array_equal(alone.rgb_u8, mixed.rgb_u8[2:])

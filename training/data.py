@@ -142,13 +142,26 @@ class ImageSet:
     dropped_gray: int
 
 
+def _fingerprint(path: Path) -> str:
+    """Size and modification time of a file, or of every file in a folder's tree: a cache made before
+    a photo was added, replaced or removed anywhere inside is not reused."""
+    if not path.is_dir():
+        st = path.stat()
+        return f"{st.st_size}|{st.st_mtime_ns}"
+    h = hashlib.sha1()
+    for p in sorted(path.rglob("*")):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False) -> ImageSet:
     """Decode a source once (gray images dropped unless ``keep_gray``) and cache it under ``cache_dir``."""
     check_source(path)
-    st = path.stat()
     gray = "keep" if keep_gray else GRAY_CHROMA_P95
     films = f"|{VIDEO_FRAMES_PER_SECOND}" if path.is_dir() or _is_film(path) else ""
-    key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|{gray}{films}"
+    key = f"{path.resolve()}|{_fingerprint(path)}|{size}|{gray}{films}"
     key = hashlib.sha1(key.encode()).hexdigest()[:16]
     cache = cache_dir / f"{path.name}-{size}-{key}.npz"
     if cache.exists():
