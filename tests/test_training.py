@@ -13,7 +13,7 @@ import torch
 
 from engines import checkpoint
 from training.config import TrainConfig, from_dict, load_recipe
-from training.data import FRAME_MARK, GRAY_CHROMA_P95, chroma_p95, is_validation, load_source
+from training.data import FRAME_MARK, GRAY_CHROMA_P95, _split_key, chroma_p95, load_source, validation_mask
 from training.loop import train
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "training" / "recipes").glob("*.toml"))
@@ -127,8 +127,8 @@ def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_pa
     assert alone.names == [n.removeprefix("clips/") for n in films]
     np.testing.assert_array_equal(alone.rgb_u8, mixed.rgb_u8[2:])
     for fraction in (0.1, 0.3, 0.5, 0.7):  # a film's frames never straddle the split
-        assert len({is_validation(n, fraction) for n in films}) == 1
-    assert {is_validation(f"film-{k}.mp4{FRAME_MARK}000000", 0.5) for k in range(20)} == {True, False}
+        assert len(set(validation_mask(films, fraction).tolist())) == 1
+    assert set(validation_mask([f"film-{k}.mp4{FRAME_MARK}000000" for k in range(20)], 0.5).tolist()) == {True, False}
 
 
 def test_small_sources_still_get_a_validation_film_or_image(tmp_path, capsys):
@@ -138,7 +138,7 @@ def test_small_sources_still_get_a_validation_film_or_image(tmp_path, capsys):
     names = [f"film{k}.mp4{FRAME_MARK}{i:06d}" for k in range(3) for i in range(4)]
     films = ImageSet(np.arange(12, dtype=np.uint8).reshape(12, 1, 1, 1), names, 0)
     tiny = 0.0005  # of three films, a share that picks none ...
-    assert not any(is_validation(n, tiny) for n in names)
+    assert all(_split_key(n) >= tiny * 10_000 for n in names)
     train_part, val_part = split(films, tiny)
     held = {names[i].split(FRAME_MARK)[0] for i in val_part.ravel()}
     assert len(held) == 1 and len(val_part) == 4 and len(train_part) == 8  # ... so one whole film is held out

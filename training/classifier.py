@@ -25,7 +25,7 @@ from torch.nn import functional as F
 
 from engines import resnet
 from engines.checkpoint import atomic_torch_save
-from training.data import BatchSampler, is_validation, load_source
+from training.data import BatchSampler, load_source, validation_mask
 
 
 def class_of(name: str) -> str:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     train_x, train_y, val_x, val_y = [], [], [], []
     for s in sets:
         labels = np.array([index[class_of(n)] for n in s.names])
-        is_val = np.array([is_validation(n, args.val_fraction) for n in s.names], bool)
+        is_val = validation_mask(s.names, args.val_fraction)
         train_x.append(s.rgb_u8[~is_val])
         train_y.append(labels[~is_val])
         val_x.append(s.rgb_u8[is_val])

@@ -127,10 +127,16 @@ def _split_key(name: str) -> int:
     return zlib.crc32(name.split(FRAME_MARK)[0].encode()) % 10_000
 
 
-def is_validation(name: str, fraction: float) -> bool:
-    """A stable split by the member's name: the same image, and every frame of the same film, is
-    always on the same side."""
-    return _split_key(name) < fraction * 10_000
+def validation_mask(names: list[str], fraction: float) -> np.ndarray:
+    """Which of a source's images are held out for validation: a stable split by name, so the same
+    image, and every frame of the same film, is always on the same side. A source too small for
+    ``fraction`` to pick anything (a few films, a few dozen photos) still holds out its first image or
+    film in split order, as long as something is left to train on."""
+    keys = np.array([_split_key(n) for n in names], dtype=np.int64)
+    val = keys < fraction * 10_000
+    if fraction > 0 and not val.any() and len(set(keys.tolist())) > 1:
+        val = keys == keys.min()
+    return val
 
 
 @dataclass
@@ -185,13 +191,8 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
 
 
 def split(images: ImageSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, validation)`` images. A source too small for ``val_fraction`` to pick anything (a few
-    films, a few dozen photos) still gives validation its first image or film in split order, as long
-    as something is left to train on."""
-    keys = np.array([_split_key(n) for n in images.names], dtype=np.int64)
-    val = keys < val_fraction * 10_000
-    if val_fraction > 0 and not val.any() and len(set(keys.tolist())) > 1:
-        val = keys == keys.min()
+    """``(train, validation)`` images (``validation_mask``)."""
+    val = validation_mask(images.names, val_fraction)
     return images.rgb_u8[~val], images.rgb_u8[val]
 
 
