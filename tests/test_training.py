@@ -131,6 +131,38 @@ def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_pa
     assert set(validation_mask([f"film-{k}.mp4{FRAME_MARK}000000" for k in range(20)], 0.5).tolist()) == {True, False}
 
 
+def test_a_list_source_takes_the_images_it_names_and_repeats_weigh_training_only(tmp_path):
+    from training.data import training_sets
+
+    root = _make_folder(tmp_path / "imgs", n_colour=6, n_gray=0)
+    (root / "sub").mkdir()
+    (root / "c005.png").rename(root / "sub" / "c005.png")
+    listing = tmp_path / "lists" / "some.txt"
+    listing.parent.mkdir()
+    listing.write_text(
+        "# three of the six, relative to this file\n../imgs/c003.png\n\n  ../imgs/sub/c005.png\n../imgs/c000.png\n"
+    )
+    folder = load_source(root, 32, tmp_path / "cache")
+    listed = load_source(listing, 32, tmp_path / "cache")
+    assert listed.names == ["../imgs/c003.png", "../imgs/sub/c005.png", "../imgs/c000.png"]  # in list order
+    for name, got in zip(listed.names, listed.rgb_u8):
+        np.testing.assert_array_equal(got, folder.rgb_u8[folder.names.index(name.removeprefix("../imgs/"))])
+
+    listing.write_text("../imgs/c001.png\n")  # a changed list is not answered from the cache
+    assert load_source(listing, 32, tmp_path / "cache").names == ["../imgs/c001.png"]
+
+    cache = tmp_path / "cache"
+    train, val = training_sets((str(root), str(listing)), (32, 32), (1, 3), 0.2, cache)
+    assert len(train) == 4 and len(val) == 2
+    assert train[1] is train[2] is train[3] and len(train[1]) == 1  # the same array, no copies
+    once, _ = training_sets((str(root), str(listing)), (32, 32), (), 0.2, cache)
+    assert len(once) == 2 and once[0].shape == train[0].shape
+    with pytest.raises(ValueError, match="source_repeats must give"):
+        from_dict({"sources": ["a", "b"], "source_sizes": [32, 32], "source_repeats": [1]})
+    with pytest.raises(ValueError, match="source_repeats must give"):
+        from_dict({"sources": ["a"], "source_sizes": [32], "source_repeats": [0]})
+
+
 def test_small_sources_still_get_a_validation_film_or_image(tmp_path, capsys):
     from training.__main__ import main
     from training.data import ImageSet, split
@@ -160,7 +192,9 @@ def test_unusable_sources_are_one_line_errors(tmp_path, capsys):
     from training.__main__ import main
 
     recipe = _tiny_recipe(tmp_path)
-    (tmp_path / "notes.txt").write_text("not images")
+    (tmp_path / "notes.md").write_text("not images")
+    (tmp_path / "gone.txt").write_text("imgs/c000.png\nimgs/gone.png\n")
+    (tmp_path / "odd.txt").write_text("# photos\nnotes.md\n")
     broken = tmp_path / "broken.tar.gz"
     with tarfile.open(broken, "w:gz") as tar:
         for p in sorted((tmp_path / "imgs").iterdir()):
@@ -168,8 +202,10 @@ def test_unusable_sources_are_one_line_errors(tmp_path, capsys):
     broken.write_bytes(broken.read_bytes()[:-200])  # truncated mid-stream
     cases = {
         str(tmp_path / "missing"): "not found",
-        str(tmp_path / "notes.txt"): "not a folder, a tar archive or a video file",
+        str(tmp_path / "notes.md"): "not a folder, a tar archive, a video file or a .txt list",
         str(broken): "cannot be read",
+        str(tmp_path / "gone.txt"): "gone.txt, line 2: imgs/gone.png not found",
+        str(tmp_path / "odd.txt"): "odd.txt, line 2: notes.md is not an image or a video file",
     }
     for source, message in cases.items():
         sources = f"sources = [{str(tmp_path / 'imgs')!r}, {source!r}]"
@@ -462,6 +498,23 @@ def test_warm_start_copies_matching_layers_and_widens_the_first_for_noise(tmp_pa
     assert "head.weight" not in copied and "stem.0.0.weight" in copied
     torch.testing.assert_close(cls.model.head.weight, fresh_head)  # a 2-channel head cannot seed Q logits
     torch.testing.assert_close(cls.model.stem[0][0].weight, reg.stem[0][0].weight)
+
+    # Classification from classification, on data with other in-gamut bins (as many, so rows copied
+    # by position would fit): each shared bin keeps its own row, the one new bin its fresh row.
+    from training.loop import export_engine
+
+    cfg = _tiny_config(folder, tmp_path, family="classification")
+    prior_a, prior_b = prior.clone(), prior.clone()
+    prior_a[0], prior_b[-1] = 0, 0
+    old = TASKS["classification"](cfg, prior_a)
+    export_engine(old, cfg, {}, 0, tmp_path / "cls.pt")
+    new = TASKS["classification"](cfg, prior_b)
+    fresh_head = new.model.head.weight.clone()
+    new.warm_start(str(tmp_path / "cls.pt"))
+    # (bin 0 is new here; the old engine's row k is bin k + 1, this one's row k + 1)
+    torch.testing.assert_close(new.model.head.weight[1:], old.model.head.weight[:-1].half().float())
+    torch.testing.assert_close(new.model.head.bias[1:], old.model.head.bias[:-1].half().float())
+    torch.testing.assert_close(new.model.head.weight[0], fresh_head[0])
 
 
 @pytest.mark.parametrize("family", ["regression", "classification"])

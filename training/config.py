@@ -16,6 +16,10 @@ class TrainConfig:
     # Data: tar shards, folders (images and films) or films; each is decoded at ``source_size`` (square centre crop).
     sources: tuple[str, ...] = ()
     source_sizes: tuple[int, ...] = ()
+    # How many times each source's training images count per epoch and in the colour prior (empty: once
+    # each): weights a small source up, e.g. a hundred photos like the ones to be coloured beside
+    # 100,000 small web images. Validation images are never repeated.
+    source_repeats: tuple[int, ...] = ()
     val_fraction: float = 0.02
     crop_size: int = 64  # training crops are this size
     min_crop_scale: float = 0.45  # area scale jitter of crops
@@ -96,6 +100,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
     cfg = replace(TrainConfig(), **values)
     if len(cfg.sources) != len(cfg.source_sizes):
         raise ValueError("sources and source_sizes must have the same length")
+    if cfg.source_repeats and (len(cfg.source_repeats) != len(cfg.sources) or min(cfg.source_repeats) < 1):
+        raise ValueError("source_repeats must give a whole number of at least 1 for each source")
     if cfg.family not in ("regression", "classification", "gan"):
         raise ValueError(f"family must be regression, classification or gan, not {cfg.family!r}")
     if cfg.gan_loss not in ("bce", "lsgan", "wgan-gp"):

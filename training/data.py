@@ -1,4 +1,4 @@
-"""Training data: image sources (tar shards, folders, video files) decoded once into a uint8 cache,
+"""Training data: image sources (tar shards, folders, video files, lists) decoded once into a uint8 cache,
 a grayscale filter, a deterministic validation split, and batched augmentation in torch.
 
 Images are decoded with OpenCV here rather than PyAV: a training set is tens of thousands of small
@@ -36,6 +36,8 @@ GRAY_CHROMA_P95 = 6.0
 VIDEO_FRAMES_PER_SECOND = 2.0
 # A film's frames are named "<film>#frame<index>"; the validation split keeps all of them on one side.
 FRAME_MARK = "#frame"
+# A source with this suffix lists images and films, one per line: a chosen subset of a folder.
+LIST_SUFFIX = ".txt"
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, bytes]]:
@@ -52,12 +54,36 @@ class DataError(ValueError):
     """A training source that cannot be used: the message is one line for the user."""
 
 
+def _is_list(path: Path) -> bool:
+    return path.suffix.lower() == LIST_SUFFIX
+
+
+def listed_files(path: Path) -> list[tuple[str, Path]]:
+    """A list source's ``(line, file)`` pairs: one image or film per line, relative to the list's
+    folder; blank lines and lines starting with ``#`` are skipped. Each must exist and be an image or film."""
+    pairs = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        file = path.parent / line
+        if not file.is_file():
+            raise DataError(f"source {path}, line {number}: {line} not found")
+        if not (file.suffix.lower() in IMAGE_SUFFIXES or _is_film(file)):
+            raise DataError(f"source {path}, line {number}: {line} is not an image or a video file")
+        pairs.append((line, file))
+    return pairs
+
+
 def check_source(path: Path) -> None:
-    """Raise ``DataError`` unless ``path`` is a folder, a tar archive or a film (by suffix)."""
+    """Raise ``DataError`` unless ``path`` is a folder, a tar archive, a film (by suffix) or a list
+    of images and films whose every entry exists."""
     if not path.exists():
         raise DataError(f"source {path}: not found")
-    if not (path.is_dir() or _is_film(path) or tarfile.is_tarfile(path)):
-        raise DataError(f"source {path}: not a folder, a tar archive or a video file")
+    if _is_list(path) and path.is_file():
+        listed_files(path)
+    elif not (path.is_dir() or _is_film(path) or tarfile.is_tarfile(path)):
+        raise DataError(f"source {path}: not a folder, a tar archive, a video file or a {LIST_SUFFIX} list")
 
 
 def _square(image: np.ndarray, size: int) -> np.ndarray:
@@ -91,18 +117,27 @@ def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.nda
         return  # unreadable, like an undecodable image: skipped
 
 
+def _decode_file(p: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
+    """An image file's one picture, or a film's sampled frames; nothing for anything else."""
+    if p.suffix.lower() in IMAGE_SUFFIXES:
+        rgb = decode_rgb(p.read_bytes(), size)
+        if rgb is not None:
+            yield name, rgb
+    elif _is_film(p):
+        yield from _film_frames(p, name, size)
+
+
 def iter_decoded(path: Path, size: int) -> Iterator[tuple[str, np.ndarray]]:
     """Yield ``(name, rgb_u8 (size, size, 3))`` for every image of a source: a tar shard's image
-    members, a folder's images and films (searched recursively), or a film's sampled frames."""
+    members, a folder's images and films (searched recursively), a list's images and films, or a
+    film's sampled frames."""
     if path.is_dir():
         for p in sorted(path.rglob("*")):
-            name = str(p.relative_to(path))
-            if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                rgb = decode_rgb(p.read_bytes(), size)
-                if rgb is not None:
-                    yield name, rgb
-            elif p.is_file() and _is_film(p):
-                yield from _film_frames(p, name, size)
+            if p.is_file():
+                yield from _decode_file(p, str(p.relative_to(path)), size)
+    elif _is_list(path):
+        for line, p in listed_files(path):
+            yield from _decode_file(p, line, size)
     elif _is_film(path):
         yield from _film_frames(path, path.name, size)
     else:
@@ -149,16 +184,19 @@ class ImageSet:
 
 
 def _fingerprint(path: Path) -> str:
-    """Size and modification time of a file, or of every file in a folder's tree: a cache made before
-    a photo was added, replaced or removed anywhere inside is not reused."""
-    if not path.is_dir():
+    """Size and modification time of a file, or of every file in a folder's tree or a list (and of the
+    list itself): a cache made before a photo was added, replaced or removed is not reused."""
+    if path.is_dir():
+        files = [(str(p.relative_to(path)), p) for p in sorted(path.rglob("*")) if p.is_file()]
+    elif _is_list(path):
+        files = [(path.name, path), *listed_files(path)]
+    else:
         st = path.stat()
         return f"{st.st_size}|{st.st_mtime_ns}"
     h = hashlib.sha1()
-    for p in sorted(path.rglob("*")):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.relative_to(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    for name, p in files:
+        st = p.stat()
+        h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -166,7 +204,7 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
     """Decode a source once (gray images dropped unless ``keep_gray``) and cache it under ``cache_dir``."""
     check_source(path)
     gray = "keep" if keep_gray else GRAY_CHROMA_P95
-    films = f"|{VIDEO_FRAMES_PER_SECOND}" if path.is_dir() or _is_film(path) else ""
+    films = f"|{VIDEO_FRAMES_PER_SECOND}" if path.is_dir() or _is_film(path) or _is_list(path) else ""
     key = f"{path.resolve()}|{_fingerprint(path)}|{size}|{gray}{films}"
     key = hashlib.sha1(key.encode()).hexdigest()[:16]
     cache = cache_dir / f"{path.name}-{size}-{key}.npz"
@@ -194,6 +232,21 @@ def split(images: ImageSet, val_fraction: float) -> tuple[np.ndarray, np.ndarray
     """``(train, validation)`` images (``validation_mask``)."""
     val = validation_mask(images.names, val_fraction)
     return images.rgb_u8[~val], images.rgb_u8[val]
+
+
+def training_sets(
+    sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Every source decoded and split: ``(train, validation)`` arrays, one per source, each training
+    array listed ``repeats`` times (the same array, no copy), validation arrays once."""
+    for src in sources:  # all of them before decoding any: a typo in the last should not wait
+        check_source(Path(src))
+    train, val = [], []
+    for src, size, n in zip(sources, sizes, repeats or (1,) * len(sources)):
+        tr, va = split(load_source(Path(src), size, cache_dir), val_fraction)
+        train += [tr] * n
+        val.append(va)
+    return train, val
 
 
 def crop_params(n: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True) -> torch.Tensor:

@@ -20,7 +20,7 @@ from engines import checkpoint, color
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
 from training import distributed, figures
 from training.config import TrainConfig
-from training.data import BatchSampler, DataError, check_source, load_source, split
+from training.data import BatchSampler, DataError, training_sets
 from training.tasks import TASKS
 
 Progress = Callable[[int, dict[str, float]], None]
@@ -138,14 +138,7 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
-    for src in cfg.sources:  # all of them before decoding any: a typo in the last should not wait
-        check_source(Path(src))
-    train_sets, val_sets = [], []
-    for src, size in zip(cfg.sources, cfg.source_sizes):
-        images = load_source(Path(src), size, cache)
-        tr, va = split(images, cfg.val_fraction)
-        train_sets.append(tr)
-        val_sets.append(va)
+    train_sets, val_sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache)
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise DataError("no colour training images found in the configured sources")
     if sum(len(v) for v in val_sets) == 0:

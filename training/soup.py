@@ -21,7 +21,7 @@ import torch
 
 from engines import checkpoint, color, gan
 from training.config import load_recipe
-from training.data import BatchSampler, load_source, split
+from training.data import BatchSampler, training_sets
 
 
 def interpolate(
@@ -74,9 +74,7 @@ def soup(a_path: Path, b_path: Path, alpha: float, batches: list[torch.Tensor]) 
 def training_batches(recipe: Path, n: int, seed: int = 123) -> list[torch.Tensor]:
     cfg = load_recipe(recipe)
     cache = Path(os.path.expanduser(cfg.cache_dir))
-    sets = [
-        split(load_source(Path(s), size, cache), cfg.val_fraction)[0] for s, size in zip(cfg.sources, cfg.source_sizes)
-    ]
+    sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache)[0]
     sampler = BatchSampler(sets, cfg.batch_size, cfg.crop_size, seed, cfg.min_crop_scale)
     return [sampler.next_batch() for _ in range(n)]
 

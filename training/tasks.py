@@ -196,6 +196,26 @@ class ClassificationTask(_SingleNetworkTask):
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return classification.decode_distribution(raw, self.centres)
 
+    def warm_start(self, path: str) -> list[str]:
+        """As for any family, but a classification head's rows follow their ab bins: when this run's
+        data has other in-gamut bins than the engine's, each bin both share takes its own row, and new
+        bins keep their fresh initialisation (copying rows by position would mislabel them)."""
+        source = checkpoint.load(Path(path))
+        theirs = source.family_state.get("ab_centres")
+        if source.family != "classification" or theirs is None or torch.equal(theirs, self.centres.cpu()):
+            return super().warm_start(path)
+        head = {name: self.model.state_dict()[name].clone() for name in ("head.weight", "head.bias")}
+        copied = super().warm_start(path)
+        mine = self.centres.cpu()
+        match = (mine[:, None] - theirs[None]).abs().sum(-1) < 1e-3  # (Q mine, Q theirs)
+        rows, cols = torch.nonzero(match, as_tuple=True)
+        own = self.model.state_dict()
+        for name, fresh in head.items():
+            value = source.state_dict[name].to(fresh.dtype)
+            fresh[rows] = value[cols]
+            own[name].copy_(fresh)
+        return [*[n for n in copied if n not in head], *head]
+
     def family_state(self) -> dict:
         state = {"ab_centres": self.centres.cpu(), "temperature": classification.DEFAULT_TEMPERATURE}
         if self.pixel_weights is not None:  # what the decoder's rebalancing correction undoes
