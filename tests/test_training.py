@@ -214,6 +214,15 @@ def test_unusable_sources_are_one_line_errors(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("error: source ") and message in err and "\n" not in err
         assert not (tmp_path / "run" / "state.pt").exists()
+    (tmp_path / "broken.pt").write_bytes(b"not a checkpoint")
+    for start in (tmp_path / "missing.pt", tmp_path / "broken.pt"):
+        assert main([str(recipe), "--out", str(tmp_path / "run"), "--set", f"init_from = {str(start)!r}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert (
+            err
+            == f"error: {start}: not a readable checkpoint ({'FileNotFoundError' if 'missing' in start.name else 'UnpicklingError'})"
+        )
+        assert not (tmp_path / "run" / "state.pt").exists()
 
 
 def _tiny_config(folder: Path, tmp_path: Path, **kw) -> TrainConfig:

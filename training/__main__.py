@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines.checkpoint import CheckpointError
 from training import distributed
 from training.config import load_recipe
 from training.data import DataError
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         best = train(cfg, args.out, resume=not args.fresh, progress=progress)
-    except DataError as e:
+    except (DataError, CheckpointError) as e:  # a source, or an init_from file, that cannot be used
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

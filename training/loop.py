@@ -138,6 +138,9 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
+    resuming = resume and (out_dir / "state.pt").exists()
+    if cfg.init_from and not resuming:  # a missing or broken start file should not wait for the data
+        checkpoint.load(Path(cfg.init_from))
     train_sets, val_sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache)
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise DataError("no colour training images found in the configured sources")
@@ -154,8 +157,8 @@ def train(
     val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
 
     task = TASKS[cfg.family](cfg, prior)
-    if cfg.init_from:
-        task.warm_start(cfg.init_from)  # a resumed state below overrides it
+    if cfg.init_from and not resuming:  # a resumed run takes every weight from its state
+        task.warm_start(cfg.init_from)
     task.place(info)
     sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
     step, best, stale = 0, {"score": -1.0}, 0
