@@ -16,6 +16,7 @@ The photos are split by sorted name: 0-99 for choosing settings (working size, s
   often its top-1 class on the result equals its top-1 on the original, and the Frechet distance
   between results' and originals' pooled features (100 photos, 256 features: a rank-deficient
   covariance, so compare rows with each other only).
+``--record`` stores each shipped engine's figures in its weights file (``colorize models`` shows them).
 Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out; the
 gallery shows every 25th photo of the sorted folder, a rule fixed before looking at any result.
 """
@@ -101,6 +102,26 @@ def gallery(rows: list[str], columns: dict[str, dict[str, np.ndarray]], path: Pa
     cv2.imwrite(str(path), np.round(img[..., ::-1] * 255).astype(np.uint8))
 
 
+def record(results: dict[str, dict], held_out: str, true_colourful: float) -> None:
+    """Write the figures of each shipped engine, run as shipped, into its weights file."""
+    gray = results["all-gray prediction"]
+    for name in ENGINES:
+        path = get_spec(name).weights_path()
+        ckpt = checkpoint.load(path)
+        r = results.get(f"{name} @ {ckpt.working_size}")
+        if r is None:
+            continue
+        ckpt.metrics = {
+            "held_out_set": f"{held_out}, working size {ckpt.working_size}",
+            **{k: round(r[k], 2) for k in ("auc", "auc_rebal", "psnr", "ciede2000", "colourfulness")},
+            **{f"gray_{k}": round(gray[k], 2) for k in ("auc", "auc_rebal", "psnr", "ciede2000")},
+            "colourfulness_true": round(true_colourful, 1),
+            "lightness_error": round(r["dL"], 2),
+        }
+        checkpoint.save(ckpt, path, half=True)
+        print(f"recorded in {path}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
@@ -117,6 +138,12 @@ def main() -> None:
     )
     p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument(
+        "--record",
+        action="store_true",
+        help="store each shipped engine's figures (own working size and decoding) in its weights file, "
+        "where `colorize models` shows them",
+    )
     args = p.parse_args()
 
     torch.set_num_threads(2)
@@ -144,6 +171,11 @@ def main() -> None:
             columns[key if several and len(settings) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
     columns["original"] = {n: photos[n] for n in columns["gray input"]}
     true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+    if args.record:
+        held_out = (
+            f"BSDS500 train photos {args.start}-{args.start + len(photos) - 1} by sorted name ({args.photos.name})"
+        )
+        record(results, held_out, true_colourful)
 
     args.out.mkdir(parents=True, exist_ok=True)
     commit = current_commit()
