@@ -210,11 +210,16 @@ class ClassificationTask(_SingleNetworkTask):
         match = (mine[:, None] - theirs[None]).abs().sum(-1) < 1e-3  # (Q mine, Q theirs)
         rows, cols = torch.nonzero(match, as_tuple=True)
         own = self.model.state_dict()
+        remapped = []
         for name, fresh in head.items():
-            value = source.state_dict[name].to(fresh.dtype)
-            fresh[rows] = value[cols]
+            value = source.state_dict.get(name)
+            if value is None or value.shape[1:] != fresh.shape[1:]:  # another network: the head stays fresh
+                own[name].copy_(fresh)
+                continue
+            fresh[rows] = value.to(fresh.dtype)[cols]
             own[name].copy_(fresh)
-        return [*[n for n in copied if n not in head], *head]
+            remapped.append(name)
+        return [*[n for n in copied if n not in head], *remapped]
 
     def family_state(self) -> dict:
         state = {"ab_centres": self.centres.cpu(), "temperature": classification.DEFAULT_TEMPERATURE}
