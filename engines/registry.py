@@ -35,7 +35,7 @@ ENGINES: dict[str, EngineSpec] = {
         weights="classification.pt",
         summary=(
             "Zhang et al. 2016: U-Net predicting a distribution over quantised ab bins, class-rebalanced, "
-            "decoded by annealed mean; Tiny ImageNet + outdoor scenes, then with BSDS500 photos 0-49 weighted up"
+            "decoded by annealed mean"
         ),
     ),
     "gan": EngineSpec(
