@@ -138,7 +138,8 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     cache = Path(os.path.expanduser(cfg.cache_dir))
 
-    resuming = resume and (out_dir / "state.pt").exists()
+    state_path = out_dir / "state.pt"
+    resuming = resume and state_path.exists()
     if cfg.init_from and not resuming:  # a missing or broken start file should not wait for the data
         checkpoint.load(Path(cfg.init_from))
     train_sets, val_sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache)
@@ -162,8 +163,7 @@ def train(
     task.place(info)
     sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
     step, best, stale = 0, {"score": -1.0}, 0
-    state_path = out_dir / "state.pt"
-    if resume and state_path.exists():
+    if resuming:
         state = torch.load(state_path, weights_only=True)
         task.load_state_dict(state["task"])
         sampler.load_state_dict(state["sampler"])
