@@ -375,7 +375,8 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517"]
     two += ["-m", "training", str(recipe), "--out", str(tmp_path / "two")]
     p = subprocess.run(two, capture_output=True, text=True, env=env, timeout=300, check=False)
-    assert p.returncode == 0, p.stderr[-2000:]
+    # The head holds a crashed rank's own message (CI once saw SIGABRT); the tail, torchrun's summary.
+    assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-1000:]
     a = torch.load(tmp_path / "one" / "state.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "state.pt", weights_only=True)
     assert a["step"] == b["step"] == 6

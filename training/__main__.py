@@ -82,12 +82,15 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
 
+    clean = False  # every process ended the run at the same point (see distributed.shutdown)
     try:
         best = train(cfg, args.out, resume=not args.fresh, progress=progress)
+        clean = True
     except (DataError, CheckpointError) as e:  # a source, or an init_from file, that cannot be used
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:
+        clean = True
         if main_rank:
             print(f"{e}; run the same command to resume", file=sys.stderr)
         return 130
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if bar is not None:
             bar.stop()
-        distributed.shutdown()
+        distributed.shutdown(clean)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, only the main process reports
         print(json.dumps(best))
     return 0

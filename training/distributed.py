@@ -6,6 +6,7 @@ runs in one process on the first GPU, or the CPU.
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -65,6 +66,18 @@ def any_process(flag: bool, info: DistInfo) -> bool:
     return bool(t.item())
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the process group.
+
+    The collection first frees the finished run's DDP wrapper, which holds the group: left to the
+    interpreter's exit, gloo's worker threads are torn down after Python is gone and abort the process
+    (SIGABRT, seen once in CI on a rank that had finished). After a clean run (or an interruption,
+    which every process reaches at the same step) each process also waits for the others, so none
+    closes its connections while the main one is still saving. After an error a peer may be gone,
+    so there is no wait.
+    """
     if dist.is_initialized():
+        gc.collect()
+        if clean:
+            dist.barrier()
         dist.destroy_process_group()
