@@ -379,7 +379,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     p = subprocess.run(two, capture_output=True, text=True, env=env, timeout=300, check=False)
     if p.returncode != 0 and "SIGABRT" in p.stderr:
         # CI once saw a rank abort inside gloo (SIGABRT, not a Python error), not reproduced here in
-        # 40 runs. One more try, reported, so that a rare crash in the transport shows without
+        # about 50 runs. One more try, reported, so that a rare crash in the transport shows without
         # failing the suite; a crash that repeats, or any other failure, still fails.
         warnings.warn(f"torchrun rank aborted, run again: {p.stderr[:1500]}", stacklevel=1)
         shutil.rmtree(tmp_path / "two", ignore_errors=True)

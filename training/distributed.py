@@ -69,12 +69,13 @@ def any_process(flag: bool, info: DistInfo) -> bool:
 def shutdown(clean: bool = True) -> None:
     """Leave the process group.
 
-    The collection first frees the finished run's DDP wrapper, which holds the group: left to the
-    interpreter's exit, gloo's worker threads are torn down after Python is gone and abort the process
-    (SIGABRT, seen once in CI on a rank that had finished). After a clean run (or an interruption,
-    which every process reaches at the same step) each process also waits for the others, so none
-    closes its connections while the main one is still saving. After an error a peer may be gone,
-    so there is no wait.
+    CI once saw a rank that had finished abort at exit (SIGABRT inside gloo; not reproduced here in
+    about 50 runs, cause not established). Two precautions against the known ways to get there:
+    the collection frees the run's DDP wrapper, which holds the group and can sit in a reference
+    cycle (it did on the main process), so gloo is not torn down during the interpreter's exit; and
+    after a clean run (or an interruption, which every process reaches at the same step) each
+    process waits for the others, so none closes its connections while the main one still saves.
+    After an error a peer may be gone, so there is no wait.
     """
     if dist.is_initialized():
         gc.collect()
