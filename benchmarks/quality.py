@@ -34,7 +34,7 @@ import torch
 from benchmarks import ROOT, current_commit
 from engines import checkpoint, color
 from engines.evaluation import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
-from engines.metrics import AbErrorCurve, ciede2000, colourfulness, psnr, rebalance_weights
+from engines.metrics import AbErrorCurve, ColourFidelity, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES, get_spec
 from engines.runtime import select_backend
@@ -50,7 +50,7 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
 
 
 def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
-    curve = AbErrorCurve(weights)
+    curve, fidelity = AbErrorCurve(weights), ColourFidelity()
     probe = RealismProbe(realism_networks(DEFAULT_CLASSIFIER, None))
     colourful, dl, psnrs, de, outputs = [], [], [], [], {}
     for name, rgb in photos.items():
@@ -59,6 +59,7 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         lab_true = color.rgb_to_lab(to_chw(rgb).double())
         lab_pred = color.rgb_to_lab(to_chw(out).double())
         curve.update(lab_pred[1:], lab_true[1:])
+        fidelity.update(lab_pred[1:], lab_true[1:])
         colourful.append(float(colourfulness(to_chw(out))))
         dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
         psnrs.append(float(psnr(to_chw(out), to_chw(rgb))))
@@ -69,6 +70,9 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
         "auc": curve.auc(),
         "auc_rebal": curve.auc_rebalanced(),
         "colourfulness": float(np.mean(colourful)),
+        "green_a": fidelity.green_a(),
+        "green_a_true": fidelity.green_a_true(),
+        "false_colour": fidelity.false_colour_share(),
         "dL": float(np.mean(dl)),
         "psnr": float(np.mean(psnrs)),
         "ciede2000": float(np.mean(de)),
@@ -117,6 +121,9 @@ def record(results: dict[str, dict], held_out: str, true_colourful: float) -> No
             **{f"gray_{k}": round(gray[k], 2) for k in ("auc", "auc_rebal", "psnr", "ciede2000")},
             "colourfulness_true": round(true_colourful, 1),
             "lightness_error": round(r["dL"], 2),
+            "green_a": round(r["green_a"], 1),
+            "green_a_true": round(r["green_a_true"], 1),
+            "false_colour_percent": round(r["false_colour"], 1),
         }
         checkpoint.save(ckpt, path, half=True)
         print(f"recorded in {path}")
@@ -189,14 +196,15 @@ def main() -> None:
         "",
         (
             f"| prediction | AuC | AuC rebal. | PSNR | CIEDE2000 | colourfulness (originals: {true_colourful:.1f}) "
+            f"| mean a* on truly green pixels (originals: {results['all-gray prediction']['green_a_true']:.1f}) | truly neutral among chroma > 25 (%) "
             "| mean abs dL | classifier top-1 agreement with original (%) | Frechet distance, classifier features |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, r in results.items():
         lines.append(
             f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['psnr']:.2f} | {r['ciede2000']:.2f} "
-            f"| {r['colourfulness']:.1f} | {r['dL']:.2f} | {r['top1_agreement']:.0f} | {r['frechet_distance']:.2f} |"
+            f"| {r['colourfulness']:.1f} | {r['green_a']:.1f} | {r['false_colour']:.1f} | {r['dL']:.2f} | {r['top1_agreement']:.0f} | {r['frechet_distance']:.2f} |"
         )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
     gallery(list(columns["gray input"]), columns, args.out / "gallery.png")

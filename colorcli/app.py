@@ -471,6 +471,11 @@ def eval_(
     _print_eval_table(summary)
 
 
+def _maybe(value: float, spec: str) -> str:
+    """A pooled figure that may have no pixel to pool (NaN)."""
+    return "n/a (no such pixels)" if value != value else format(value, spec)
+
+
 def _print_eval_table(summary: dict) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -495,6 +500,11 @@ def _print_eval_table(summary: dict) -> None:
             f"{summary['colourfulness_gap_per_image']:.1f} / {summary['colourfulness_gap_of_means']:.1f}",
         ),
         ("lightness error, mean |dL|", f"{summary['lightness_error']:.2f}"),
+        (
+            "mean a* on truly green pixels: results / truth",
+            f"{_maybe(summary['green_a'], '.1f')} / {_maybe(summary['green_a_truth'], '.1f')}",
+        ),
+        ("truly neutral among strongly coloured pixels (%)", _maybe(summary["false_colour_percent"], ".1f")),
     ]
     if "videos" in summary:
 

@@ -7,7 +7,10 @@ Pairs files by relative path (extension ignored), scores each pair and pools the
 - CIEDE2000, mean over images of the per-image mean;
 - colourfulness (Hasler and Suesstrunk 2003) of results and truth, and its gap two ways: the mean
   over images of |CF(result) - CF(truth)|, and |mean CF(results) - mean CF(truths)|;
-- lightness error: mean |L(result) - L(truth)|.
+- lightness error: mean |L(result) - L(truth)|;
+- colour fidelity (``engines.metrics.ColourFidelity``), pooled over all pixels: the mean a* of the
+  result on truly green pixels (lawns, trees), and the share of truly neutral pixels among those the
+  result colours strongly (false colour).
 
 Videos (two films, or two folders of films paired the same way) are scored frame by frame with the
 same per-image metrics, pooled over all frames of all videos (AuC over all pixels, the means over
@@ -47,6 +50,7 @@ from engines.formats import VIDEO_SUFFIXES
 from engines.metrics import (
     AbErrorCurve,
     ColourDistributionConsistency,
+    ColourFidelity,
     ciede2000,
     colourfulness,
     psnr,
@@ -135,9 +139,11 @@ def _chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float64)).permute(2, 0, 1)
 
 
-def score_images(name: str, pred: np.ndarray, true: np.ndarray, curve: AbErrorCurve) -> PairScores:
+def score_images(
+    name: str, pred: np.ndarray, true: np.ndarray, curve: AbErrorCurve, fidelity: ColourFidelity | None = None
+) -> PairScores:
     """The per-image scores of a result against its truth, both RGB ``(H, W, 3)`` in [0, 1] (float, or
-    uint8 meaning value / 255); the pixels' ab errors go into ``curve``."""
+    uint8 meaning value / 255); the pixels' ab errors go into ``curve`` (and ``fidelity``)."""
     if pred.shape != true.shape:
         raise MismatchError(
             f"{name}: sizes differ ({pred.shape[1]}x{pred.shape[0]} vs {true.shape[1]}x{true.shape[0]})"
@@ -147,6 +153,8 @@ def score_images(name: str, pred: np.ndarray, true: np.ndarray, curve: AbErrorCu
         p, t = p / 255, t / 255
     lab_p, lab_t = color.rgb_to_lab(p), color.rgb_to_lab(t)
     curve.update(lab_p[1:], lab_t[1:])
+    if fidelity is not None:
+        fidelity.update(lab_p[1:], lab_t[1:])
     return PairScores(
         name=name,
         psnr=float(psnr(p, t)),
@@ -167,12 +175,13 @@ class ScorePool:
 
     def __init__(self, prior: torch.Tensor):
         self.curve = AbErrorCurve(rebalance_weights(prior, lam=0.0))
+        self.fidelity = ColourFidelity()
         self.count = 0
         self._sums = dict.fromkeys(_MEANS, 0.0)
         self._cf_gap = 0.0
 
     def add(self, name: str, pred: np.ndarray, true: np.ndarray) -> PairScores:
-        s = score_images(name, pred, true, self.curve)
+        s = score_images(name, pred, true, self.curve, self.fidelity)
         self.count += 1
         for key in _MEANS:
             self._sums[key] += getattr(s, key)
@@ -182,6 +191,7 @@ class ScorePool:
     def merge(self, other: ScorePool) -> None:
         self.curve.plain += other.curve.plain
         self.curve.rebalanced += other.curve.rebalanced
+        self.fidelity.merge(other.fidelity)
         self.count += other.count
         for key in _MEANS:
             self._sums[key] += other._sums[key]
@@ -202,6 +212,9 @@ class ScorePool:
             "colourfulness_gap_per_image": self._cf_gap / n,
             "colourfulness_gap_of_means": abs(mean["colourfulness"] - mean["colourfulness_true"]),
             "lightness_error": mean["lightness_error"],
+            "green_a": self.fidelity.green_a(),
+            "green_a_truth": self.fidelity.green_a_true(),
+            "false_colour_percent": self.fidelity.false_colour_share(),
         }
 
 

@@ -5,6 +5,10 @@
   cumulative curve), x100. Pooled over all pixels of a set. The class-rebalanced variant weights each
   pixel by the inverse prior probability of its true ab bin (lambda 0), as in the paper.
 - Colourfulness (Hasler and Suesstrunk 2003) on 8-bit sRGB scale.
+- Colour fidelity (``ColourFidelity``): what a user sees first, that averages hide. The mean predicted
+  a* on pixels whose true colour is green (a* < -8, chroma > 12): lawns and trees; and the share of
+  truly neutral pixels (chroma < 8) among those predicted strongly coloured (chroma > 25): false colour
+  on walls, roads and skies of overcast days.
 - CDC, colour distribution consistency of a video (Liu et al. 2021): Jensen-Shannon divergence of the
   per-channel colour histograms of frames 1, 2 and 4 apart (``ColourDistributionConsistency``).
 """
@@ -92,6 +96,52 @@ class AbErrorCurve:
 
     def auc_rebalanced(self) -> float:
         return self._auc(self.rebalanced)
+
+
+GREEN_A_MAX, GREEN_CHROMA_MIN = -8.0, 12.0  # a truly green pixel: a* below this, chroma above that
+NEUTRAL_CHROMA_MAX, STRONG_CHROMA_MIN = 8.0, 25.0  # truly neutral; predicted strongly coloured
+
+
+class ColourFidelity:
+    """Pooled over all pixels of a set: mean predicted a* on truly green pixels, and the share of truly
+    neutral pixels among those predicted with strong chroma (see the module doc). NaN where no pixel
+    qualifies."""
+
+    def __init__(self) -> None:
+        self.green_pixels = 0
+        self.green_a_sum = 0.0
+        self.green_a_true_sum = 0.0  # the truth's own mean a* there: the figure to approach
+        self.strong_pixels = 0
+        self.strong_neutral = 0
+
+    def update(self, ab_pred: torch.Tensor, ab_true: torch.Tensor) -> None:
+        """ab ``(..., 2, H, W)`` in CIELAB units."""
+        a_pred, a_true = ab_pred.double().select(-3, 0), ab_true.double().select(-3, 0)
+        c_pred, c_true = ab_pred.double().norm(dim=-3), ab_true.double().norm(dim=-3)
+        green = (a_true < GREEN_A_MAX) & (c_true > GREEN_CHROMA_MIN)
+        self.green_pixels += int(green.sum())
+        self.green_a_sum += float(a_pred[green].sum())
+        self.green_a_true_sum += float(a_true[green].sum())
+        strong = c_pred > STRONG_CHROMA_MIN
+        self.strong_pixels += int(strong.sum())
+        self.strong_neutral += int((strong & (c_true < NEUTRAL_CHROMA_MAX)).sum())
+
+    def merge(self, other: ColourFidelity) -> None:
+        self.green_pixels += other.green_pixels
+        self.green_a_sum += other.green_a_sum
+        self.green_a_true_sum += other.green_a_true_sum
+        self.strong_pixels += other.strong_pixels
+        self.strong_neutral += other.strong_neutral
+
+    def green_a(self) -> float:
+        return self.green_a_sum / self.green_pixels if self.green_pixels else float("nan")
+
+    def green_a_true(self) -> float:
+        return self.green_a_true_sum / self.green_pixels if self.green_pixels else float("nan")
+
+    def false_colour_share(self) -> float:
+        """Percent of strongly coloured predicted pixels whose truth is neutral."""
+        return 100 * self.strong_neutral / self.strong_pixels if self.strong_pixels else float("nan")
 
 
 class RgbErrorCurve(AbErrorCurve):

@@ -40,6 +40,18 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
+def cpu_bf16_native() -> bool:
+    """Whether this CPU does bfloat16 matrix maths in hardware (AVX-512 BF16 or AMX), where bf16 runs
+    convolutions faster than float32. Elsewhere oneDNN emulates bf16 and it is slower (measured on an
+    AVX2-only EPYC: see benchmarks/results/training_throughput.md). Linux flags; False elsewhere."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 @dataclass(frozen=True)
 class Backend:
     name: str  # "tensorrt", "cuda", "onnxruntime", "cpu", or "cpu-fastest" (auto on a machine without GPU)

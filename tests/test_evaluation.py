@@ -1,13 +1,14 @@
 """`colorize eval` metrics: against scikit-image's implementations, and on cases with known answers."""
 
 import json
+import math
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
-from skimage.color import deltaE_ciede2000, rgb2lab
+from skimage.color import deltaE_ciede2000, lab2rgb, rgb2lab
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
@@ -62,6 +63,31 @@ def test_ciede2000_on_sharma_reference_pairs():
 def _write(path, rgb: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(path), np.round(rgb[..., ::-1] * 65535).astype(np.uint16))  # 16-bit: no 8-bit rounding
+
+
+def test_green_and_false_colour_known_answers(tmp_path):
+    # Left half a lawn, right half a gray wall; a "sepia" result browns the lawn, a "false" result
+    # paints the wall red, keeping each pixel's lightness.
+    lawn, wall = np.array([0.25, 0.55, 0.15]), np.array([0.5, 0.5, 0.5])
+    truth = np.concatenate([np.broadcast_to(lawn, (16, 16, 3)), np.broadcast_to(wall, (16, 16, 3))], axis=1)
+    lab = rgb2lab(truth)
+    lawn_a = float(lab[0, 0, 1])
+    sepia, false = lab.copy(), lab.copy()
+    sepia[:, :16, 1:] = (4.0, 12.0)
+    false[:, 16:, 1:] = (30.0, 15.0)  # chroma 33.5, above 25
+    for name, img in {"truth": truth, "perfect": truth, "sepia": lab2rgb(sepia), "false": lab2rgb(false)}.items():
+        _write(tmp_path / name / "x.png", img)
+    prior = training_prior()
+    got = {
+        n: evaluate_pairs(pair_files(tmp_path / n, tmp_path / "truth"), prior)[0] for n in ("perfect", "sepia", "false")
+    }
+    assert lawn_a < -30 and got["perfect"]["green_a_truth"] == pytest.approx(lawn_a, abs=0.05)
+    assert got["perfect"]["green_a"] == pytest.approx(lawn_a, abs=0.05)
+    assert got["sepia"]["green_a"] == pytest.approx(4.0, abs=0.1)
+    # Strongly coloured pixels: the lawn only (perfect), none (sepia: chroma 12.6), lawn and wall (false).
+    assert got["perfect"]["false_colour_percent"] == 0.0
+    assert math.isnan(got["sepia"]["false_colour_percent"])
+    assert got["false"]["false_colour_percent"] == pytest.approx(50.0)
 
 
 def test_known_answers_perfect_gray_and_shifted(tmp_path, photo):

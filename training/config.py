@@ -57,6 +57,9 @@ class TrainConfig:
     max_steps: int = 20_000
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
+    # "auto": bfloat16 autocast (with channels-last) on a GPU and on CPUs with bf16 in hardware
+    # (AVX-512 BF16, AMX), float32 elsewhere; or "float32" / "bfloat16" to force one.
+    precision: str = "auto"
     # Bookkeeping
     val_every: int = 500
     val_images: int = 1024
@@ -118,6 +121,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(
             f"batch_size {cfg.batch_size} must divide evenly among the {os.environ['WORLD_SIZE']} processes"
         )
+    if cfg.precision not in ("auto", "float32", "bfloat16"):
+        raise ValueError(f"precision must be auto, float32 or bfloat16, not {cfg.precision!r}")
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

@@ -107,7 +107,12 @@ def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) 
             color_space=cfg.color_space,
             state_dict=task.model.state_dict(),
             working_size=cfg.working_size,
-            trained_on={"recipe": cfg.to_dict(), "step": step, "images_seen": step * cfg.batch_size},
+            trained_on={
+                "recipe": cfg.to_dict(),
+                "step": step,
+                "images_seen": step * cfg.batch_size,
+                "precision": task.precision,
+            },
             metrics=metrics,
             family_state=task.family_state(),
         ),
@@ -161,6 +166,8 @@ def train(
     if cfg.init_from and not resuming:  # a resumed run takes every weight from its state
         task.warm_start(cfg.init_from)
     task.place(info)
+    if info.is_main:
+        print(f"precision: {task.precision}", flush=True)
     sampler = BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
     step, best, stale = 0, {"score": -1.0}, 0
     if resuming:
@@ -208,7 +215,14 @@ def train(
                 held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
                 if info.is_main:
                     with open(out_dir / "log.jsonl", "a") as f:
-                        f.write(json.dumps({"step": step, "epoch": sampler.epoch, **scalars, **held_out}) + "\n")
+                        line = {
+                            "step": step,
+                            "epoch": sampler.epoch,
+                            "precision": task.precision,
+                            **scalars,
+                            **held_out,
+                        }
+                        f.write(json.dumps(line) + "\n")
                     figures.write_samples(task, samples, out_dir, step)
                     figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
                 if held_out["score"] > best["score"]:

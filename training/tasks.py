@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, gan, resnet
+from engines import checkpoint, classification, color, gan, resnet, runtime
 from engines.metrics import ab_bin_index, rebalance_weights
 from engines.unet import UNet, UNetConfig
 from training import distributed
@@ -19,6 +19,19 @@ from training.config import TrainConfig
 def network_config(cfg: TrainConfig, **kw) -> UNetConfig:
     """The U-Net a recipe asks for; ``kw`` adds what the family decides (channels, output stride)."""
     return UNetConfig(widths=cfg.widths, norm=cfg.norm, encoder=cfg.encoder, color_space=cfg.color_space, **kw)
+
+
+def resolve_precision(choice: str, device: torch.device) -> tuple[bool, str]:
+    """``(use bf16 autocast, why)`` for a recipe's ``precision`` on this device."""
+    if choice == "float32":
+        return False, "float32 (asked for)"
+    if choice == "bfloat16":
+        return True, "bfloat16 autocast (asked for)"
+    if device.type == "cuda":
+        return True, "bfloat16 autocast (GPU)"
+    if runtime.cpu_bf16_native():
+        return True, "bfloat16 autocast (this CPU has AVX-512 BF16 or AMX)"
+    return False, "float32 (this CPU has no bf16 in hardware: emulated bf16 is slower)"
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -52,6 +65,8 @@ class _SingleNetworkTask:
         )
         self.device = torch.device("cpu")
         self.net: torch.nn.Module = self.model  # what the training step calls (DDP-wrapped when distributed)
+        self.bf16, self.precision = resolve_precision(cfg.precision, self.device)
+        self.memory_format = torch.contiguous_format
 
     def _param_groups(self) -> list[dict]:
         encoder = getattr(self.model, "encoder", None)
@@ -64,10 +79,24 @@ class _SingleNetworkTask:
     def place(self, info: distributed.DistInfo) -> None:
         """Move to this process's device and wrap for DDP when there are several processes."""
         self.device = info.device
-        self.model.to(self.device)
+        self.bf16, self.precision = resolve_precision(self.cfg.precision, self.device)
+        # bf16 convolutions run fastest channels-last (oneDNN and cuDNN); float32 on the CPU keeps the
+        # layout it was measured with.
+        self.memory_format = torch.channels_last if self.bf16 else torch.contiguous_format
+        self._place_networks()
         if self.pixel_weights is not None:
             self.pixel_weights = self.pixel_weights.to(self.device)
         self.net = distributed.wrap(self.model, info)
+
+    def _place_networks(self) -> None:
+        self.model.to(self.device, memory_format=self.memory_format)
+
+    def autocast(self):
+        """The forward passes' precision context (losses and colour conversion stay float32)."""
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=self.memory_format)
 
     def warm_start(self, path: str) -> list[str]:
         """Copy same-named, same-shaped weights from an engine checkpoint; returns the names copied.
@@ -112,9 +141,8 @@ class _SingleNetworkTask:
         """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1]."""
         self.net.train()
         l_in, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
-        # bfloat16 autocast on GPU (unverified here: no GPU); colour conversion stays in float32.
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.loss(l_in, chroma)
+        with self.autocast():
+            loss = self.loss(self._layout(l_in), chroma)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
@@ -254,7 +282,7 @@ class GanTask(_SingleNetworkTask):
 
     def place(self, info: distributed.DistInfo) -> None:
         super().place(info)
-        self.critic.to(self.device)
+        self.critic.to(self.device, memory_format=self.memory_format)
         self.critic_net = distributed.wrap(self.critic, info)
 
     def _generator_input(self, l_norm: torch.Tensor) -> torch.Tensor:
@@ -287,19 +315,24 @@ class GanTask(_SingleNetworkTask):
         self.critic_net.train()
         l_norm, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
         ab_norm = color.normalize_ab(chroma)
-        fake_ab = self.net(self._generator_input(l_norm)).float()
+        with self.autocast():
+            fake_ab = self.net(self._layout(self._generator_input(l_norm))).float()
         self.steps += 1
         scalars: dict[str, float] = {}
         if self.steps > self.cfg.gan_pretrain_steps:
             real, fake = torch.cat((l_norm, ab_norm), 1), torch.cat((l_norm, fake_ab.detach()), 1)
-            d_loss = self._adversarial(self.critic_net(real), True) + self._adversarial(self.critic_net(fake), False)
+            with self.autocast():
+                scores_real, scores_fake = self.critic_net(self._layout(real)), self.critic_net(self._layout(fake))
+            d_loss = self._adversarial(scores_real.float(), True) + self._adversarial(scores_fake.float(), False)
             if self.cfg.gan_loss == "wgan-gp":
                 d_loss = d_loss + 10.0 * self._gradient_penalty(real, fake)
             self.opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             self.opt_d.step()
             scalars["critic_loss"] = float(d_loss.detach())
-            g_adv = self._adversarial(self.critic_net(torch.cat((l_norm, fake_ab), 1)), True)
+            with self.autocast():
+                scores = self.critic_net(self._layout(torch.cat((l_norm, fake_ab), 1)))
+            g_adv = self._adversarial(scores.float(), True)
         else:
             g_adv = torch.zeros((), device=self.device)
         recon = self._recon(fake_ab, ab_norm, chroma)
