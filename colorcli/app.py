@@ -8,6 +8,7 @@ Exit codes: 0 every input succeeded; 1 some input failed (the others were still 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -473,7 +474,7 @@ def eval_(
 
 def _maybe(value: float, spec: str) -> str:
     """A pooled figure that may have no pixel to pool (NaN)."""
-    return "n/a (no such pixels)" if value != value else format(value, spec)
+    return "n/a (no such pixels)" if math.isnan(value) else format(value, spec)
 
 
 def _print_eval_table(summary: dict) -> None:
