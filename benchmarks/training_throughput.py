@@ -1,6 +1,7 @@
 """Training throughput: the data pipeline, the model step, and both together, per task family.
 
-    python -m benchmarks.training_throughput [--threads 1] [--repeat 5] [--recipes regression gan ...]
+    python -m benchmarks.training_throughput [--threads N] [--precisions float32 bfloat16] [--repeat 5]
+        [--recipes regression gan ...]
 
 For each recipe under training/recipes, on its real training images (loaded and split as
 ``training.loop`` does, from the npz cache), in one process:
@@ -8,6 +9,10 @@ For each recipe under training/recipes, on its real training images (loaded and 
             recipe's batch size and crop size
   step      images/s of ``task.step`` alone, on one pre-made batch reused
   together  images/s of ``task.step(sampler.next_batch())``, as the training loop does them
+Each family is timed in each precision asked for (``float32``; ``bfloat16``: autocast with
+channels-last, as ``training.tasks`` runs it where the CPU has bf16 in hardware), and its step's
+achieved GFLOP/s is set beside the machine's practical ceiling, measured in the same run: a large
+3x3 convolution (256 to 256 channels, batch 32 of 32x32, forward) in each precision.
 The GAN is timed in adversarial mode (past its generator-only pre-training steps). Its full step is
 also set against the sum of the passes it does, each timed on its own: the generator's forward and
 backward on the reconstruction loss, the critic's forward and backward on real and fake, and the
@@ -38,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import ROOT
 from benchmarks.video import _cpu_seconds
 from engines import color
+from training import distributed
 from training.config import TrainConfig, load_recipe
 from training.data import BatchSampler, load_source, split
 from training.loop import chroma_prior
@@ -78,12 +84,33 @@ def load_training_sets(cfg: TrainConfig, loaded: dict | None = None) -> list[np.
 
 
 def build_task(cfg: TrainConfig, train_sets: list[np.ndarray]):
-    """The family's task as training builds it; a GAN starts adversarial (no generator-only steps)."""
+    """The family's task as training builds and places it; a GAN starts adversarial (no generator-only steps)."""
     if cfg.family == "gan":
         cfg = replace(cfg, gan_pretrain_steps=0)
     torch.manual_seed(cfg.seed)
     # The prior sets the classification head's bin count, so it is computed as training does.
-    return TASKS[cfg.family](cfg, chroma_prior(train_sets, cfg.color_space))
+    task = TASKS[cfg.family](cfg, chroma_prior(train_sets, cfg.color_space))
+    task.place(distributed.init("cpu"))
+    return task
+
+
+def conv_ceiling_gflops(precision: str, repeat: int = 5) -> float:
+    """GFLOP/s of a large 3x3 convolution's forward pass in this precision: the machine's practical
+    ceiling for the networks' dominant operation."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1, bias=False)
+    x = torch.randn(32, 256, 32, 32)
+    bf16 = precision == "bfloat16"
+    if bf16:
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    flops = 2 * 256 * 256 * 9 * 32 * 32 * 32
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        conv(x)  # warm-up: oneDNN picks its kernel on the first call
+        times = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            conv(x)
+            times.append(time.perf_counter() - t0)
+    return flops / statistics.median(times) / 1e9
 
 
 def make_sampler(cfg: TrainConfig, train_sets: list[np.ndarray]) -> BatchSampler:
@@ -195,7 +222,15 @@ def machine_line(threads: int, load: tuple[float, float, float], cpu_share: floa
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=list(FAMILIES), help="recipe names under training/recipes")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the shipped CPU runs used 1)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count(),
+        help="torch intra-op threads (the shipped engines were trained on 1)",
+    )
+    p.add_argument(
+        "--precisions", nargs="+", default=["float32", "bfloat16"], choices=["float32", "bfloat16"], help="see above"
+    )
     p.add_argument("--repeat", type=int, default=5, help="timed rounds; figures are medians over them")
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--data-batches", type=int, default=10, help="batches per timed data-loading call")
@@ -218,27 +253,47 @@ def main() -> None:
         ),
         "",
         (
-            "| family | batch | crop | data img/s | step img/s | together img/s | data share of together "
-            "| GFLOPs / image | slowest / fastest round | CPU-s per wall-s |"
+            "| family | precision | batch | crop | data img/s | step img/s | together img/s | data share of together "
+            "| GFLOPs / image | step GFLOP/s | share of the conv ceiling | slowest / fastest round | CPU-s per wall-s |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ceiling = {precision: conv_ceiling_gflops(precision) for precision in args.precisions}
     loaded: dict = {}
     gan = None
+    step_rates: dict[tuple[str, str], float] = {}
     for name in args.recipes:
-        cfg = load_recipe(RECIPES / f"{name}.toml")
+        recipe = load_recipe(RECIPES / f"{name}.toml")
         t0 = time.perf_counter()
-        train_sets = load_training_sets(cfg, loaded)
+        train_sets = load_training_sets(recipe, loaded)
         print(f"{name}: {sum(map(len, train_sets))} training images ({time.perf_counter() - t0:.0f} s)", flush=True)
-        r = measure_family(cfg, train_sets, args.repeat, args.warmup, args.data_batches)
-        lines.append(
-            f"| {cfg.family} | {cfg.batch_size} | {cfg.crop_size} | {r['data']:.0f} | {r['step']:.1f} "
-            f"| {r['together']:.1f} | {100 * r['together'] / r['data']:.1f}% | {r['gflops']:.2f} | {r['spread']:.2f} | {r['cpu_share']:.2f} |"
-        )
-        print(lines[-1], flush=True)
-        if cfg.family == "gan":
-            task = build_task(cfg, train_sets)
-            gan = gan_breakdown(task, make_sampler(cfg, train_sets).next_batch(), args.repeat, args.warmup)
+        for precision in args.precisions:
+            cfg = replace(recipe, precision=precision)
+            r = measure_family(cfg, train_sets, args.repeat, args.warmup, args.data_batches)
+            step_rates[cfg.family, precision] = r["step"]
+            achieved = r["gflops"] * r["step"]
+            lines.append(
+                f"| {cfg.family} | {precision} | {cfg.batch_size} | {cfg.crop_size} | {r['data']:.0f} "
+                f"| {r['step']:.1f} | {r['together']:.1f} | {100 * r['together'] / r['data']:.1f}% "
+                f"| {r['gflops']:.2f} | {achieved:.0f} | {100 * achieved / ceiling[precision]:.0f}% "
+                f"| {r['spread']:.2f} | {r['cpu_share']:.2f} |"
+            )
+            print(lines[-1], flush=True)
+        if recipe.family == "gan":
+            task = build_task(recipe, train_sets)
+            gan = gan_breakdown(task, make_sampler(recipe, train_sets).next_batch(), args.repeat, args.warmup)
+    lines += [
+        "",
+        "Conv ceiling (256 to 256 channels 3x3, batch 32 of 32x32, forward): "
+        + ", ".join(f"{p} {g:.0f} GFLOP/s" for p, g in ceiling.items())
+        + ".",
+    ]
+    if len(args.precisions) == 2:
+        ratios = [
+            f"{family} {step_rates[family, 'bfloat16'] / step_rates[family, 'float32']:.2f}x"
+            for family in dict.fromkeys(f for f, _ in step_rates)
+        ]
+        lines.append(f"bf16 step img/s over float32's: {', '.join(ratios)}.")
     if gan is not None:
         lines += [
             "",

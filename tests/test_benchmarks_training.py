@@ -9,6 +9,7 @@ import torch
 
 from benchmarks.training_throughput import (
     build_task,
+    conv_ceiling_gflops,
     gan_breakdown,
     gan_passes,
     load_training_sets,
@@ -92,3 +93,15 @@ def test_gan_is_timed_in_adversarial_mode_and_its_passes_touch_the_right_network
     assert g["sum"] == pytest.approx(sum(g["parts"].values()))
     assert math.isfinite(g["ratio"]) and g["ratio"] > 0.5
     assert g["ratio"] == pytest.approx(g["full"] / g["sum"])
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_each_precision_is_timed_as_training_runs_it(folder, precision):
+    from dataclasses import replace
+
+    cfg = replace(_cfg(folder, "regression"), precision=precision)
+    task = build_task(cfg, load_training_sets(cfg))
+    conv = next(m for m in task.model.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert task.bf16 == (precision == "bfloat16")
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) == task.bf16
+    assert conv_ceiling_gflops(precision, repeat=1) > 0
