@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import shutil
 import tarfile
 import warnings
@@ -612,3 +613,85 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_it_in_hardware():
     assert not resolve_precision("float32", gpu)[0]
     with pytest.raises(ValueError, match="precision must be auto, float32 or bfloat16"):
         from_dict({"precision": "fp8"})
+
+
+def test_pack_holds_training_images_only_within_its_budget(tmp_path):
+    from training.data import validation_mask
+    from training.pack import pack
+
+    a = _make_folder(tmp_path / "a", n_colour=60, n_gray=3)
+    b = _make_folder(tmp_path / "b", n_colour=20, n_gray=0, size=48)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(
+        f'sources = ["{a}", "{b}"]\nsource_sizes = [40, 48]\nval_fraction = 0.2\ncache_dir = "{tmp_path / "cache"}"\n'
+    )
+    everything = pack(recipe, tmp_path / "all.tar.gz", max_mb=10)
+    with tarfile.open(tmp_path / "all.tar.gz") as tar:
+        names = tar.getnames()
+    for source, n_colour in (("a", 60), ("b", 20)):
+        stems = [f"c{i:03d}.png" for i in range(n_colour)]
+        kept = {s for s, v in zip(stems, validation_mask(stems, 0.2)) if not v}
+        assert {n.split("/", 1)[1][:-4] for n in names if n.startswith(f"{source}/")} == kept  # no gray, no validation
+    assert everything["images"] == len(names) == sum(everything["per_source"])
+    small = pack(recipe, tmp_path / "small.tar.gz", max_mb=0.008)
+    assert (tmp_path / "small.tar.gz").stat().st_size <= 0.008 * 2**20
+    assert 0 < small["images"] < everything["images"]
+    # Drawn in proportion to the sources' sizes, not one source first.
+    assert all(k > 0 for k in small["per_source"])
+    # The pack trains like any shard, and a time budget stops the run validated, with an engine.
+    cfg = _tiny_config(tmp_path / "all.tar.gz", tmp_path, max_steps=100_000, val_every=100_000, max_minutes=0.002)
+    cfg = replace(cfg, sources=(str(tmp_path / "all.tar.gz"),))
+    train(cfg, tmp_path / "run")
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1 and 0 < log[0]["step"] < 100_000
+    assert checkpoint.load(tmp_path / "run" / "engine.pt").trained_on["step"] == log[0]["step"]
+
+
+def test_the_gpu_run_script_runs_on_the_cpu_with_a_tiny_budget(tmp_path):
+    import subprocess
+    import sys
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0, size=64)
+    out = tmp_path / "out"
+    out.mkdir()
+    root = Path(__file__).resolve().parents[1]
+    overrides = {
+        "sources": f'["{folder}"]',
+        "init_from": '""',  # the committed snapshot's warm start is tested elsewhere; keep this fast
+        "widths": "[8, 16, 32, 64]",
+        "batch_size": "8",
+        "max_minutes": "0.005",
+        "val_images": "16",
+        "val_fraction": "0.2",
+        "cache_dir": str(tmp_path / "cache"),
+    }
+    args = [a for k, v in overrides.items() for a in ("--set", f"{k}={v}")]
+    env = {
+        **os.environ,
+        "OUT": str(out),
+        "GPU_RUN_DIR": str(tmp_path / "run"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    r = subprocess.run(
+        ["bash", str(root / "training" / "gpu_run.sh"), *args],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert {p.name for p in out.iterdir()} >= {
+        "train.log",
+        "device.txt",
+        "log.jsonl",
+        "curves.png",
+        "engine.pt",
+        "latest.pt",
+    }
+    assert (
+        "precision: float32" in (out / "train.log").read_text()
+        or "precision: bfloat16" in (out / "train.log").read_text()
+    )
+    latest = checkpoint.load(out / "latest.pt")
+    assert latest.family == "classification" and latest.trained_on["step"] > 0

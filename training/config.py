@@ -65,6 +65,8 @@ class TrainConfig:
     val_images: int = 1024
     checkpoint_minutes: float = 3.0
     patience: int = 0  # early stopping: validations without improvement before stopping; 0 disables
+    # A time budget for one call (minutes; 0: none): training stops, validated and saved, once it is spent.
+    max_minutes: float = 0.0
     working_size: int = 128  # recorded in the exported engine
     cache_dir: str = "~/.cache/colorize/data"
 

@@ -25,7 +25,6 @@ from torch.nn import functional as F
 
 from engines import color
 from engines.formats import VIDEO_SUFFIXES
-from engines.video import VideoError, sample_frames
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # An image whose 95th-percentile chroma (CIELAB, sqrt(a^2 + b^2)) is below this is gray or nearly so
@@ -110,6 +109,9 @@ def _is_film(path: Path) -> bool:
 
 
 def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
+    # Imported here: PyAV is needed for films only, and a GPU machine training on packed images may lack it.
+    from engines.video import VideoError, sample_frames
+
     try:
         for index, rgb in sample_frames(path, VIDEO_FRAMES_PER_SECOND):
             yield f"{name}{FRAME_MARK}{index:06d}", _square(rgb, size)

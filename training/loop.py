@@ -128,7 +128,8 @@ def train(
     progress: Progress | None = None,
     stop_at_step: int | None = None,
 ) -> dict:
-    """Train until ``cfg.max_steps`` (or early stopping). Returns the best validation figures.
+    """Train until ``cfg.max_steps`` (or early stopping, or ``cfg.max_minutes`` of this call). Returns the
+    best validation figures.
 
     ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine),
     ``log.jsonl`` (one line per validation), ``curves.png`` and ``samples/`` (see ``training.figures``).
@@ -209,7 +210,11 @@ def train(
             if progress and info.is_main:
                 scalars["img_per_s"] = (step - seen0) * cfg.batch_size / max(1e-9, time.monotonic() - t0)
                 progress(step, scalars)
-            if step % cfg.val_every == 0 or step == cfg.max_steps:
+            # A time budget (a lent GPU's few minutes): every process stops at the same step, validated.
+            out_of_time = bool(cfg.max_minutes) and distributed.any_process(
+                time.monotonic() - t0 > cfg.max_minutes * 60, info
+            )
+            if step % cfg.val_every == 0 or step == cfg.max_steps or out_of_time:
                 # Every process validates (the models are identical), so all take the same decisions.
                 held_out = validate(task, val_rgb, metric_weights)
                 held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
@@ -233,7 +238,7 @@ def train(
                     stale += 1
                 save_state()
                 last_save = time.monotonic()
-                if cfg.patience and stale >= cfg.patience:
+                if out_of_time or (cfg.patience and stale >= cfg.patience):
                     break
             elif time.monotonic() - last_save > cfg.checkpoint_minutes * 60:
                 save_state()
