@@ -695,3 +695,16 @@ def test_the_gpu_run_script_runs_on_the_cpu_with_a_tiny_budget(tmp_path):
     )
     latest = checkpoint.load(out / "latest.pt")
     assert latest.family == "classification" and latest.trained_on["step"] > 0
+
+
+def test_keep_snapshots_writes_every_validations_weights(tmp_path):
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    train(_tiny_config(folder, tmp_path, keep_snapshots=True), tmp_path / "run")
+    snaps = sorted((tmp_path / "run" / "snapshots").iterdir())
+    assert [p.name for p in snaps] == ["step-0000004.pt", "step-0000008.pt"]
+    a, b = (checkpoint.load(p) for p in snaps)
+    assert (a.trained_on["step"], b.trained_on["step"]) == (4, 8) and "auc" in b.metrics
+    assert any(not torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
+    final = torch.load(tmp_path / "run" / "state.pt", weights_only=True)["task"]["model"]
+    for k, v in b.state_dict.items():  # the last snapshot is the final weights, in fp16
+        torch.testing.assert_close(v.float(), final[k].float(), atol=2e-3, rtol=2e-3)

@@ -64,6 +64,9 @@ class TrainConfig:
     val_every: int = 500
     val_images: int = 1024
     checkpoint_minutes: float = 3.0
+    # Keep the weights of every validation as ``snapshots/step-NNNNNNN.pt`` (fp16 engines, about 3 MB
+    # each for the shipped size): the points of a learning curve (``benchmarks.learning_curve``).
+    keep_snapshots: bool = False
     patience: int = 0  # early stopping: validations without improvement before stopping; 0 disables
     # A time budget for one call (minutes; 0: none): training stops, validated and saved, once it is spent.
     max_minutes: float = 0.0

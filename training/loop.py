@@ -132,7 +132,8 @@ def train(
     best validation figures.
 
     ``out_dir`` receives ``state.pt`` (full resumable state), ``engine.pt`` (best exported engine),
-    ``log.jsonl`` (one line per validation), ``curves.png`` and ``samples/`` (see ``training.figures``).
+    ``log.jsonl`` (one line per validation), ``curves.png`` and ``samples/`` (see ``training.figures``),
+    and with ``cfg.keep_snapshots`` every validation's weights under ``snapshots/``.
     ``stop_at_step`` pauses early (state saved), as an interruption would; running again with
     ``resume`` continues exactly where it stopped. Ctrl-C or SIGTERM stops at the next step boundary,
     saves the state and raises ``Interrupted``.
@@ -230,6 +231,9 @@ def train(
                         f.write(json.dumps(line) + "\n")
                     figures.write_samples(task, samples, out_dir, step)
                     figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
+                if cfg.keep_snapshots and info.is_main:
+                    (out_dir / "snapshots").mkdir(exist_ok=True)
+                    export_engine(task, cfg, held_out, step, out_dir / "snapshots" / f"step-{step:07d}.pt")
                 if held_out["score"] > best["score"]:
                     best, stale = {**held_out, "step": step}, 0
                     if info.is_main:

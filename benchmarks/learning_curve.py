@@ -1,0 +1,140 @@
+"""Learning curve: a run's snapshots scored on real photos against images seen.
+
+    python -m benchmarks.learning_curve RUN/snapshots/*.pt [--start-engine engines/weights/classification.pt]
+        [--photos ../shared/data/photos-dev] [--start 0] [--limit 100] [--out benchmarks/results]
+
+Each snapshot (``keep_snapshots = true`` in a recipe writes one per validation) colours the photos
+through the CLI's pipeline, as ``benchmarks.quality`` does, and is scored beside an all-gray
+prediction: plain and rebalanced AuC minus gray's, colourfulness over the originals', mean a* on
+truly green pixels and false colour on truly neutral ones (``engines.metrics.ColourFidelity``).
+The x axis is the images the run has seen (its ``trained_on.images_seen``); ``--start-engine``, the
+engine the run was warm-started from, is the point at 0.
+
+By default the photos are the tuning split (0-99 by sorted name): the curve is for choosing between
+designs and steps, so it must not be drawn on the photos the project reports (100-199, see
+``benchmarks.quality``). Classification snapshots are decoded with the shipped engine's decoding
+(``--temperature``, ``--correction``) so that points differ by their weights only.
+Writes ``learning_curve.md`` and ``learning_curve.png`` under ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import ROOT, current_commit
+from benchmarks.quality import evaluate, gray_of, load_photos
+from engines import checkpoint
+from engines.evaluation import training_prior
+from engines.metrics import colourfulness, rebalance_weights
+from engines.pipeline import load_colorizer
+from engines.runtime import select_backend
+
+
+def images_seen(ckpt: checkpoint.EngineCheckpoint) -> int:
+    return int((ckpt.trained_on or {}).get("images_seen", 0))
+
+
+def score(path: Path, photos: dict, weights: torch.Tensor, options: dict, backend) -> dict:
+    ckpt = checkpoint.load(path)
+    decode = options if ckpt.family == "classification" else {}
+    c = load_colorizer("custom", backend, weights=path, **decode)
+    r, _ = evaluate(c.colorize, photos, weights)
+    return {**r, "family": ckpt.family}
+
+
+def plot(points: list[dict], gray: dict, true_colourful: float, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = [p["images"] / 1e6 for p in points]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
+    panels = [
+        ("AuC minus gray", [p["auc"] - gray["auc"] for p in points], 1.0),
+        ("rebalanced AuC minus gray", [p["auc_rebal"] - gray["auc_rebal"] for p in points], 6.0),
+        ("colourfulness / originals'", [p["colourfulness"] / true_colourful for p in points], 0.8),
+        ("mean a* on truly green pixels", [p["green_a"] for p in points], -8.0),
+    ]
+    for ax, (label, y, target) in zip(axes, panels):
+        ax.plot(x, y, "o-")
+        ax.axhline(target, color="tab:green", ls="--", lw=1, label=f"target {target:g}")
+        if label.startswith(("AuC", "rebal")):
+            ax.axhline(0, color="gray", lw=1)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("images seen in the run (millions)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("snapshots", nargs="+", type=Path)
+    p.add_argument("--start-engine", type=Path, default=None, help="the engine the run started from (point at 0)")
+    p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
+    p.add_argument("--start", type=int, default=0, help="first photo (sorted by name); 0-99 are for tuning")
+    p.add_argument("--limit", type=int, default=100)
+    p.add_argument("--temperature", type=float, default=0.5, help="classification decoding (the shipped engine's)")
+    p.add_argument("--correction", type=float, default=0.45, help="classification decoding (the shipped engine's)")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args = p.parse_args()
+
+    torch.set_num_threads(1)
+    photos = load_photos(args.photos, args.start, args.limit)
+    weights = rebalance_weights(training_prior(), lam=0.0)
+    backend = select_backend("cpu")
+    options = {"temperature": args.temperature, "correction": args.correction}
+    gray, _ = evaluate(gray_of, photos, weights)
+    true_colourful = float(np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()]))
+    points = []
+    paths = ([args.start_engine] if args.start_engine else []) + sorted(args.snapshots)
+    for i, path in enumerate(paths):
+        r = score(path, photos, weights, options, backend)
+        n = 0 if (args.start_engine and i == 0) else images_seen(checkpoint.load(path))
+        points.append({"images": n, "name": path.name, **r})
+        print(f"{path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}", flush=True)
+    points.sort(key=lambda q: q["images"])
+
+    photos_label = f"photos {args.start}-{args.start + len(photos) - 1} of `{args.photos.name}`"
+    lines = [
+        "# Learning curve",
+        "",
+        (
+            f"{photos_label} ({'the tuning split' if args.start == 0 else 'not the tuning split'}), coloured from "
+            f"their lightness; classification decoded at T {args.temperature:g}, correction {args.correction:g}. "
+            f"All-gray: AuC {gray['auc']:.2f}, rebalanced {gray['auc_rebal']:.2f}; originals' colourfulness "
+            f"{true_colourful:.1f}, mean a* on their green pixels {gray['green_a_true']:.1f}. Machine: "
+            f"{platform.machine()} CPU, torch {torch.__version__}, commit {current_commit()}. Command: "
+            "`python -m benchmarks.learning_curve " + " ".join(str(a) for a in [*paths[:1], "..."]) + "`."
+        ),
+        "",
+        "| weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
+        "| mean a* on green pixels | truly neutral among chroma > 25 (%) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for q in points:
+        false_colour = "n/a" if math.isnan(q["false_colour"]) else f"{q['false_colour']:.1f}"
+        lines.append(
+            f"| {q['name']} | {q['images']:,} | {q['auc'] - gray['auc']:+.2f} | {q['auc_rebal'] - gray['auc_rebal']:+.2f} "
+            f"| {q['colourfulness'] / true_colourful:.2f} | {q['green_a']:.1f} | {false_colour} |"
+        )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "learning_curve.md").write_text("\n".join(lines) + "\n")
+    plot(points, gray, true_colourful, args.out / "learning_curve.png", f"Learning curve on {photos_label}")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
