@@ -17,8 +17,9 @@ The photos are split by sorted name: 0-99 for choosing settings (working size, s
   between results' and originals' pooled features (100 photos, 256 features: a rank-deficient
   covariance, so compare rows with each other only).
 ``--record`` stores each shipped engine's figures in its weights file (``colorize models`` shows them).
-Writes ``quality.md`` (table) and ``gallery.png`` (gray | each engine | original) under --out; the
-gallery shows every 25th photo of the sorted folder, a rule fixed before looking at any result.
+Writes ``quality.md`` (table) and ``gallery.jpg`` (gray | each engine | original; JPEG so that the README's
+picture stays a few hundred KB) under --out; the gallery shows every 25th photo of the sorted folder, a rule
+fixed before looking at any result.
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def gallery(rows: list[str], columns: dict[str, dict[str, np.ndarray]], path: Pa
         cv2.putText(header, label, (x + 4, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
         x += round(tiles[0].shape[1] / len(columns))
     img = np.concatenate([header.astype(np.float32) / 255, *tiles])
-    cv2.imwrite(str(path), np.round(img[..., ::-1] * 255).astype(np.uint8))
+    params = [cv2.IMWRITE_JPEG_QUALITY, 90] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    cv2.imwrite(str(path), np.round(img[..., ::-1] * 255).astype(np.uint8), params)
 
 
 def record(results: dict[str, dict], held_out: str, true_colourful: float) -> None:
@@ -207,7 +209,7 @@ def main() -> None:
             f"| {r['colourfulness']:.1f} | {r['green_a']:.1f} | {r['false_colour']:.1f} | {r['dL']:.2f} | {r['top1_agreement']:.0f} | {r['frechet_distance']:.2f} |"
         )
     (args.out / "quality.md").write_text("\n".join(lines) + "\n")
-    gallery(list(columns["gray input"]), columns, args.out / "gallery.png")
+    gallery(list(columns["gray input"]), columns, args.out / "gallery.jpg")
     print("\n".join(lines))
 
 

@@ -41,7 +41,8 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
-    help="Colour black-and-white photos.\n\nUsage: colorize IN... [-o OUT] [--model NAME]  (see `colorize run --help`)",
+    help="Colour black-and-white photos and films: `colorize old.jpg` writes old_color.jpg beside it.\n\n"
+    "The command is `run` unless the first word names another; `colorize run --help` lists its options.",
 )
 
 
@@ -104,7 +105,7 @@ class RunOptions:
 
 @app.command("run")
 def run(
-    inputs: Annotated[list[str], typer.Argument(help="Photos, folders or glob patterns.", show_default=False)],
+    inputs: Annotated[list[str], typer.Argument(help="Photos, films, folders or glob patterns.", show_default=False)],
     output: Annotated[
         str | None,
         typer.Option(
@@ -179,7 +180,9 @@ def run(
         bool, typer.Option("-v", "--verbose", help="Say which backend was picked and list every output.")
     ] = False,
 ) -> None:
-    """Colorize photos: `colorize IN... [-o OUT] [--model NAME]`."""
+    """Colour photos and films (the default command): `colorize scans/ film.mp4 -o coloured/`.
+
+    Inputs are files, folders or glob patterns; photos and films may be mixed."""
     try:
         get_spec(model)
     except UnknownEngineError as e:
@@ -385,7 +388,7 @@ class _progress:
 
 @app.command("models")
 def models() -> None:
-    """List the engines, their working size and the held-out figures stored with them."""
+    """List the engines with their working size and held-out figures: `colorize models`."""
     from engines.checkpoint import CheckpointError, load
 
     for spec in ENGINES.values():
@@ -428,9 +431,10 @@ def eval_(
         typer.Option(help="Photos: the standard FID Inception weights (pt_inception-2015-12-05), for FID."),
     ] = None,
 ) -> None:
-    """Compare coloured results with the ground truth (AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL; for
-    photos also classifier figures and, given its weights, FID; for videos the warping error and CDC).
-    Exit code 2 when sizes or frame counts differ."""
+    """Score coloured results against the originals: `colorize eval coloured/ originals/`.
+
+    AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL; for photos also classifier figures and, given its
+    weights, FID; for videos the warping error and CDC. Exit code 2 when sizes or frame counts differ."""
     from engines.evaluation import (
         DEFAULT_CLASSIFIER,
         EvaluationError,
@@ -530,7 +534,7 @@ def _print_eval_table(summary: dict) -> None:
     Console().print(table)
 
 
-trt_app = typer.Typer(help="TensorRT engine cache: build ahead of time, list, clear (backend unverified).")
+trt_app = typer.Typer(help="TensorRT engine cache (backend unverified): `colorize trt build -m gan`, `list`, `clear`.")
 app.add_typer(trt_app, name="trt")
 
 
@@ -539,7 +543,7 @@ def trt_build(
     model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
     working_size: Annotated[int | None, typer.Option(min=16, max=4096, help="Working size to build for.")] = None,
 ) -> None:
-    """Build (or check) the cached TensorRT engine for a model on this GPU."""
+    """Build (or check) the cached TensorRT engine for a model on this GPU: `colorize trt build -m gan`."""
     from engines.pipeline import load_colorizer
     from engines.runtime import BackendUnavailable, select_backend
 
@@ -554,7 +558,7 @@ def trt_build(
 
 @trt_app.command("list")
 def trt_list() -> None:
-    """List cached TensorRT engines."""
+    """List cached TensorRT engines: `colorize trt list`."""
     from engines import trt_backend
 
     entries = trt_backend.list_entries()
@@ -573,7 +577,7 @@ def trt_list() -> None:
 
 @trt_app.command("clear")
 def trt_clear() -> None:
-    """Remove cached TensorRT engines and the timing cache."""
+    """Remove cached TensorRT engines and the timing cache: `colorize trt clear`."""
     from engines import trt_backend
 
     typer.echo(f"removed {trt_backend.clear()} file(s) from {trt_backend.cache_dir()}")
@@ -585,7 +589,7 @@ def export(
     model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
     weights: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
 ) -> None:
-    """Export an engine's network to ONNX (dynamic batch and size)."""
+    """Export an engine's network to ONNX (dynamic batch and size): `colorize export gan.onnx -m gan`."""
     try:
         get_spec(model)
     except UnknownEngineError as e:
