@@ -97,14 +97,19 @@ def main() -> None:
     backend = select_backend("cpu")
     options = {"temperature": args.temperature, "correction": args.correction}
     gray, _ = evaluate(gray_of, photos, weights)
-    true_colourful = float(np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()]))
+    true_colourful = float(
+        np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()])
+    )
     points = []
     paths = ([args.start_engine] if args.start_engine else []) + sorted(args.snapshots)
     for i, path in enumerate(paths):
         r = score(path, photos, weights, options, backend)
         n = 0 if (args.start_engine and i == 0) else images_seen(checkpoint.load(path))
         points.append({"images": n, "name": path.name, **r})
-        print(f"{path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}", flush=True)
+        print(
+            f"{path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}",
+            flush=True,
+        )
     points.sort(key=lambda q: q["images"])
 
     photos_label = f"photos {args.start}-{args.start + len(photos) - 1} of `{args.photos.name}`"
@@ -120,8 +125,10 @@ def main() -> None:
             "`python -m benchmarks.learning_curve " + " ".join(str(a) for a in [*paths[:1], "..."]) + "`."
         ),
         "",
-        "| weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
-        "| mean a* on green pixels | truly neutral among chroma > 25 (%) |",
+        (
+            "| weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
+            "| mean a* on green pixels | truly neutral among chroma > 25 (%) |"
+        ),
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for q in points:

@@ -105,3 +105,51 @@ def test_each_precision_is_timed_as_training_runs_it(folder, precision):
     assert task.bf16 == (precision == "bfloat16")
     assert conv.weight.is_contiguous(memory_format=torch.channels_last) == task.bf16
     assert conv_ceiling_gflops(precision, repeat=1) > 0
+
+
+def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folder):
+    import subprocess
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from training.loop import train
+
+    cfg = replace(_cfg(folder, "regression"), val_fraction=0.3, max_steps=8, val_every=4, keep_snapshots=True)
+    train(replace(cfg, warmup_steps=2, val_images=8), tmp_path / "run")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        small = rng.integers(0, 256, (6, 9, 3), dtype=np.uint8)
+        cv2.imwrite(str(photos / f"p{i}.jpg"), cv2.resize(small, (90, 60), interpolation=cv2.INTER_CUBIC))
+    snaps = sorted((tmp_path / "run" / "snapshots").iterdir())
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.learning_curve",
+            *map(str, reversed(snaps)),
+            "--start-engine",
+            str(snaps[0]),
+            "--photos",
+            str(photos),
+            "--limit",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [
+        line for line in (tmp_path / "out" / "learning_curve.md").read_text().splitlines() if line.startswith("| step-")
+    ]
+    # The start engine at 0, then the snapshots in order of images seen (4 and 8 steps of 4).
+    assert [row.split(" | ")[1] for row in rows] == ["0", "16", "32"]
+    assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
