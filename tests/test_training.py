@@ -708,3 +708,19 @@ def test_keep_snapshots_writes_every_validations_weights(tmp_path):
     final = torch.load(tmp_path / "run" / "state.pt", weights_only=True)["task"]["model"]
     for k, v in b.state_dict.items():  # the last snapshot is the final weights, in fp16
         torch.testing.assert_close(v.float(), final[k].float(), atol=2e-3, rtol=2e-3)
+
+
+@pytest.mark.parametrize("family", ["regression", "gan"])
+def test_regression_and_gan_warm_start_from_a_classification_trunk(tmp_path, family):
+    from training.tasks import TASKS
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    train(_tiny_config(folder, tmp_path, family="classification", max_steps=4), tmp_path / "clf")
+    source = checkpoint.load(tmp_path / "clf" / "engine.pt").state_dict
+    task = TASKS[family](_tiny_config(folder, tmp_path, family=family), torch.ones(484))
+    copied = set(task.warm_start(str(tmp_path / "clf" / "engine.pt")))
+    trunk = {k for k in source if not k.startswith("head.")}
+    assert trunk <= copied and not any(k.startswith("head.") for k in copied)
+    own = task.model.state_dict()
+    for k in trunk - {"stem.0.0.weight"}:  # the GAN's first layer gains a zero noise channel
+        torch.testing.assert_close(own[k], source[k].to(own[k].dtype))
