@@ -1,6 +1,6 @@
 """Pack a recipe's training images into one small gzipped tar of JPEGs, to travel to a lent GPU machine.
 
-    python -m training.pack training/recipes/campaign-classification.toml --out .gpu-pack/train.tar.gz --max-mb 18
+    python -m training.pack training/recipes/campaign-classification.toml --out .gpu-pack/train.tar.gz --max-mb 14
 
 The device machine gets the working tree and at most 64 MiB in all (the tracked weights take about
 40), and none of ``../shared/data``. So the pack holds as many of the recipe's *training* images
