@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--max-mb",
         type=float,
-        default=18.0,
-        help="size budget in MiB (the tracked tree takes about 45 of the 64 that travel)",
+        default=14.0,
+        help="size budget in MiB (the tracked tree takes about 48 of the 64 MiB that travel)",
     )
     p.add_argument("--quality", type=int, default=75, help="JPEG quality")
     args = p.parse_args(argv)
