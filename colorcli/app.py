@@ -8,6 +8,7 @@ Exit codes: 0 every input succeeded; 1 some input failed (the others were still 
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -99,6 +100,7 @@ class RunOptions:
     seed: int = 0
     video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
     threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
+    saturation: float = 1.0  # scale of the predicted chroma (engines.pipeline.Colorizer.predict_ab)
 
 
 @app.command("run")
@@ -148,6 +150,13 @@ def run(
             "(0: Zhang et al.'s vivid decoding, 1: all of it; default: the engine's).",
         ),
     ] = None,
+    saturation: Annotated[
+        float,
+        typer.Option(
+            help="Scale the predicted colour (chroma) by S before it is fitted into the displayable gamut; "
+            "lightness is kept. 1: as predicted, 0: gray, 1.3: more vivid. Photos and films."
+        ),
+    ] = 1.0,
     samples: Annotated[
         int, typer.Option(min=1, max=100, help="Engines with a noise input (GAN): write N colourings, <name>_1 ... _N.")
     ] = 1,
@@ -183,6 +192,9 @@ def run(
         get_spec(model)
     except UnknownEngineError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
+    if not (saturation >= 0 and math.isfinite(saturation)):
+        _err(f"--saturation must be 0 or more (0: gray, 1: as predicted), got {saturation}")
+        raise typer.Exit(EXIT_USAGE)
     decode_options: dict = {}
     if decoding is not None:
         decode_options["method"] = decoding.value
@@ -193,7 +205,7 @@ def run(
     video = {"codec": codec, "crf": crf, "smoothing": smoothing.value, "strength": smoothing_strength}
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,
-        decode_options, samples, seed, video, threads,
+        decode_options, samples, seed, video, threads, saturation,
     )  # fmt: skip
     raise typer.Exit(_run(inputs, opts))
 
@@ -225,6 +237,7 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
         for note in colorizer.notes:
             _err(f"backend: {note}")
     colorizer.seed = opts.seed
+    colorizer.saturation = opts.saturation
     if opts.threads is not None:
         colorizer.set_threads(opts.threads)
     if opts.samples > 1 and not colorizer.noise_input:

@@ -314,3 +314,43 @@ def test_eval_videos_that_do_not_match_exit_2_with_one_line(tmp_path, result_fra
     r = runner.invoke(app, ["eval", str(result), str(truth)])
     assert r.exit_code == 2
     assert r.stderr.strip() == message and r.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------
+# --saturation
+# --------------------------------------------------------------------------------------------
+
+
+def test_saturation_scales_colourfulness_and_keeps_lightness(tmp_path):
+    from skimage import data
+    from skimage.color import rgb2lab
+
+    from tests.test_video import decode_rgb, make_clip
+
+    truth = tmp_path / "truth" / "astronaut.png"
+    truth.parent.mkdir()
+    assert cv2.imwrite(str(truth), cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA)[..., ::-1])
+    colourfulness = {}
+    for s in ("0", "0.5", "1", "1.5"):
+        out = tmp_path / f"s{s}"
+        assert invoke(truth, "-o", out / "astronaut.png", "--model", "classification", "--saturation", s).exit_code == 0
+        r = runner.invoke(app, ["eval", str(out), str(truth.parent), "--json", "--no-classifier"])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout)["summary"]
+        assert summary["lightness_error"] < 0.5  # the input's L (8-bit rounding only), whatever S is
+        colourfulness[s] = summary["colourfulness"]
+    assert colourfulness["1.5"] > 1.2 * colourfulness["1"] > 1.2 * 1.2 * colourfulness["0.5"]
+    assert colourfulness["0.5"] > 5 * colourfulness["0"]
+    gray = rgb2lab(cv2.imread(str(tmp_path / "s0" / "astronaut.png"))[..., ::-1] / 255.0)
+    assert np.abs(gray[..., 1:]).max() < 1.0  # S = 0: neutral gray
+    # Films take their colour from the same place.
+    clip = tmp_path / "film.mp4"
+    make_clip(clip, n=6, size=(64, 48))
+    assert invoke(clip, "-o", tmp_path / "gray.mp4", "--saturation", "0", "--crf", "0").exit_code == 0
+    frames = np.stack(decode_rgb(tmp_path / "gray.mp4"))
+    assert np.abs(rgb2lab(frames)[..., 1:]).max() < 3.0  # 4:2:0 and YUV rounding of a gray
+    # Negative (or not a number): one line, exit 2, nothing written.
+    for bad in ("-0.5", "nan"):
+        r = invoke(truth, "-o", tmp_path / "bad.png", "--saturation", bad)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--saturation" in r.stderr
+        assert not (tmp_path / "bad.png").exists()
