@@ -395,6 +395,105 @@ class _progress:
             self._bar.__exit__(*exc)
 
 
+def _parse_list(text: str, kind: type, flag: str, low: float, high: float) -> list:
+    """``"64,96,128"`` -> ``[64, 96, 128]``; raises ValueError with a one-line reason."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = kind(item.strip())
+        except ValueError:
+            raise ValueError(f"{flag}: {item.strip()!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{flag}: {value} is outside {low}..{high}")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+@app.command("sheet")
+def sheet(
+    photo: Annotated[Path, typer.Argument(help="The photo to try the settings on.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The contact sheet (.png, .jpg, ...).")],
+    models: Annotated[str, typer.Option(help="Engines, comma-separated.")] = ",".join(ENGINES),
+    sizes: Annotated[str, typer.Option(help="Working sizes (--working-size), comma-separated.")] = "64,96,128,256",
+    temperatures: Annotated[
+        str, typer.Option(help="Classification engines: temperatures (--temperature), comma-separated.")
+    ] = "0.2,0.5,1",
+    cell: Annotated[int, typer.Option(min=64, max=1024, help="Longest side of each thumbnail, in pixels.")] = 320,
+    backend: Annotated[BackendChoice, typer.Option(help="Where the engines run.")] = BackendChoice.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace the sheet if it exists.")] = False,
+) -> None:
+    """One labelled image of PHOTO under every engine, working size and (classification) temperature;
+    each label is the flags that give that picture with `colorize PHOTO ...`."""
+    import numpy as np
+
+    from engines.formats import IMAGE_SUFFIXES
+
+    try:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        for name in names:
+            get_spec(name)
+        if not names:
+            raise ValueError("--models: no engine named")
+        size_list = _parse_list(sizes, int, "--sizes", 16, 4096)
+        temperature_list = _parse_list(temperatures, float, "--temperatures", 0.01, 10.0)
+    except (UnknownEngineError, ValueError) as e:
+        _err(f"sheet: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        _err(f"sheet: {output}: unsupported output format {output.suffix or '(no suffix)'} (use .png or .jpg)")
+        raise typer.Exit(EXIT_USAGE)
+    if output.exists() and not overwrite:
+        _err(f"sheet: output {output} exists (use --overwrite to replace it)")
+        raise typer.Exit(EXIT_FAILED)
+
+    from engines.checkpoint import CheckpointError
+    from engines.photo_io import PhotoError, read_photo, write_photo
+    from engines.pipeline import load_colorizer
+    from engines.runtime import BackendUnavailable, select_backend
+    from engines.sheet import contact_sheet, thumbnail
+
+    try:
+        rgb = read_photo(photo).rgb
+    except PhotoError as e:
+        _err(f"sheet: {photo}: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    try:
+        chosen = select_backend(backend.value)
+    except BackendUnavailable as e:
+        _err(f"sheet: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    rows = []  # one per engine (and temperature), one cell per working size
+    settings = [
+        (name, t) for name in names for t in (temperature_list if get_spec(name).family == "classification" else [None])
+    ]
+    with _progress(len(settings) * len(size_list), enabled=sys.stderr.isatty()) as progress:
+        for name, t in settings:
+            flags = [f"--model {name}"] + ([f"--temperature {t:g}"] if t is not None else [])
+            row = []
+            for size in size_list:
+                options = {"temperature": t} if t is not None else {}
+                try:
+                    colorizer = load_colorizer(name, chosen, working_size=size, **options)
+                except (CheckpointError, OSError, ValueError) as e:
+                    _err(f"sheet: cannot load model {name}: {e}")
+                    raise typer.Exit(EXIT_USAGE) from None
+                row.append((thumbnail(colorizer.colorize(rgb), cell), [*flags, f"--working-size {size}"]))
+                progress.advance()
+            rows.append(row)
+    long_side = max(rgb.shape[:2])
+    title = f"colorize {photo.name} + the flags under a picture"
+    if max(size_list) > long_side:
+        title += f"  (sizes above {long_side}, the photo's long side, all see it at {long_side})"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_photo(output, contact_sheet(rows, title).astype(np.float32) / 255, quality=92)
+    except (PhotoError, OSError) as e:
+        _err(f"sheet: {output}: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"wrote {output} ({len(rows)} x {len(size_list)} cells)")
+
+
 @app.command("models")
 def models() -> None:
     """List the engines, their working size and the held-out figures stored with them."""
