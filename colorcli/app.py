@@ -101,6 +101,7 @@ class RunOptions:
     video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
     threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
     saturation: float = 1.0  # scale of the predicted chroma (engines.pipeline.Colorizer.predict_ab)
+    resume: bool = False  # films: continue an interrupted run's work
 
 
 @app.command("run")
@@ -174,6 +175,21 @@ def run(
     smoothing_strength: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Video: weight of the previous frame's motion-warped colour.")
     ] = 0.6,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Video: continue a run that was interrupted (Ctrl-C, kill, power cut) where it stopped, "
+            "from the work it left in .<output>.colorize-partial/ (same input and settings only)."
+        ),
+    ] = False,
+    segment_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            max=3600.0,
+            help="Video: encode in independent pieces of this length; a killed run loses at most one.",
+        ),
+    ] = 10.0,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -202,10 +218,16 @@ def run(
         decode_options["temperature"] = temperature
     if correction is not None:
         decode_options["correction"] = correction
-    video = {"codec": codec, "crf": crf, "smoothing": smoothing.value, "strength": smoothing_strength}
+    video = {
+        "codec": codec,
+        "crf": crf,
+        "smoothing": smoothing.value,
+        "strength": smoothing_strength,
+        "segment_seconds": segment_seconds,
+    }
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,
-        decode_options, samples, seed, video, threads, saturation,
+        decode_options, samples, seed, video, threads, saturation, resume,
     )  # fmt: skip
     raise typer.Exit(_run(inputs, opts))
 
@@ -299,7 +321,15 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
         colorizer.set_threads(1)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        report = colorize_video(Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames)
+        report = colorize_video(
+            Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames,
+            resume=opts.resume, engine_key=_engine_key(colorizer, opts),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        partial = out.with_name(f".{out.name}.colorize-partial")
+        if (partial / "manifest.json").exists():
+            _err(f"{job.input}: the finished part is kept in {partial}: rerun with --resume to continue")
+        raise
     except VideoError as e:
         return str(e)
     except OSError as e:
@@ -309,9 +339,25 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
     finally:
         colorizer.set_threads(threads)
     job.notes = [*report.reencoded_streams, *report.notes]
+    if report.resumed_frames:
+        job.notes.insert(0, f"resumed: {report.resumed_frames} of {report.frames} frames were done by an earlier run")
     if report.corrupt_frames_bridged:
         job.notes.append(f"{report.corrupt_frames_bridged} corrupt frame(s) bridged with the previous frame")
     return None
+
+
+def _engine_key(colorizer, opts: RunOptions) -> dict:
+    """What a film's colour depends on besides the video options: a resume with another is refused."""
+    weights = opts.weights if opts.weights is not None else get_spec(opts.model).weights_path()
+    st = weights.stat()
+    return {
+        "model": opts.model,
+        "weights": [str(weights.resolve()), st.st_size, st.st_mtime_ns],
+        "working_size": colorizer.working_size,
+        "decode": opts.decode_options,
+        "saturation": opts.saturation,
+        "seed": opts.seed,
+    }
 
 
 def _sample_paths(out: Path, samples: int) -> list[Path]:
@@ -384,10 +430,10 @@ class _progress:
         """Progress within a film: ``engines.video.colorize_video``'s callback."""
         if self._bar is None:
             return
-        if self._frames is None:
+        if self._frames is None:  # the first call may bring the frames an earlier (resumed) run did
             self._frames = self._bar.add_task("  frames", total=total, rate="")
-            self._t0 = time.perf_counter()
-        fps = done / max(1e-9, time.perf_counter() - self._t0)
+            self._t0, self._done0 = time.perf_counter(), done
+        fps = (done - self._done0) / max(1e-9, time.perf_counter() - self._t0)
         self._bar.update(self._frames, completed=done, total=total, rate=f"{fps:.1f} fps")
 
     def __exit__(self, *exc) -> None:
