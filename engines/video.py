@@ -656,10 +656,8 @@ def _read_stage(
             stats.out_of_order += 1
             return
         duration = duration or last_duration
-        if index < skip:
-            put(_Bridge(pts, duration))  # not converted: dropped by put
-        elif frame is None or frame.is_corrupt:
-            put(_Bridge(pts, duration))
+        if index < skip or frame is None or frame.is_corrupt:
+            put(_Bridge(pts, duration))  # (a frame an earlier run did: only counted, by put)
         else:
             if (frame.width, frame.height) != (probe.width, probe.height):
                 stats.resized += 1
