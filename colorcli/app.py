@@ -101,6 +101,8 @@ class RunOptions:
     seed: int = 0
     video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
     threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
+    saturation: float = 1.0  # scale of the predicted chroma (engines.pipeline.Colorizer.predict_ab)
+    resume: bool = False  # films: continue an interrupted run's work
 
 
 @app.command("run")
@@ -150,6 +152,13 @@ def run(
             "(0: Zhang et al.'s vivid decoding, 1: all of it; default: the engine's).",
         ),
     ] = None,
+    saturation: Annotated[
+        float,
+        typer.Option(
+            help="Scale the predicted colour (chroma) by S before it is fitted into the displayable gamut; "
+            "lightness is kept. 1: as predicted, 0: gray, 1.3: more vivid. Photos and films."
+        ),
+    ] = 1.0,
     samples: Annotated[
         int, typer.Option(min=1, max=100, help="Engines with a noise input (GAN): write N colourings, <name>_1 ... _N.")
     ] = 1,
@@ -167,6 +176,21 @@ def run(
     smoothing_strength: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Video: weight of the previous frame's motion-warped colour.")
     ] = 0.6,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Video: continue a run that was interrupted (Ctrl-C, kill, power cut) where it stopped, "
+            "from the work it left in .<output>.colorize-partial/ (same input and settings only)."
+        ),
+    ] = False,
+    segment_seconds: Annotated[
+        float,
+        typer.Option(
+            min=0.01,
+            max=3600.0,
+            help="Video: encode in independent pieces of this length; a killed run loses at most one.",
+        ),
+    ] = 10.0,
     threads: Annotated[
         int | None,
         typer.Option(
@@ -187,6 +211,9 @@ def run(
         get_spec(model)
     except UnknownEngineError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
+    if not (saturation >= 0 and math.isfinite(saturation)):
+        _err(f"--saturation must be 0 or more (0: gray, 1: as predicted), got {saturation}")
+        raise typer.Exit(EXIT_USAGE)
     decode_options: dict = {}
     if decoding is not None:
         decode_options["method"] = decoding.value
@@ -194,10 +221,16 @@ def run(
         decode_options["temperature"] = temperature
     if correction is not None:
         decode_options["correction"] = correction
-    video = {"codec": codec, "crf": crf, "smoothing": smoothing.value, "strength": smoothing_strength}
+    video = {
+        "codec": codec,
+        "crf": crf,
+        "smoothing": smoothing.value,
+        "strength": smoothing_strength,
+        "segment_seconds": segment_seconds,
+    }
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,
-        decode_options, samples, seed, video, threads,
+        decode_options, samples, seed, video, threads, saturation, resume,
     )  # fmt: skip
     raise typer.Exit(_run(inputs, opts))
 
@@ -229,6 +262,7 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
         for note in colorizer.notes:
             _err(f"backend: {note}")
     colorizer.seed = opts.seed
+    colorizer.saturation = opts.saturation
     if opts.threads is not None:
         colorizer.set_threads(opts.threads)
     if opts.samples > 1 and not colorizer.noise_input:
@@ -290,7 +324,15 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
         colorizer.set_threads(1)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        report = colorize_video(Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames)
+        report = colorize_video(
+            Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames,
+            resume=opts.resume, engine_key=_engine_key(colorizer, opts),
+        )  # fmt: skip
+    except KeyboardInterrupt:
+        partial = out.with_name(f".{out.name}.colorize-partial")
+        if (partial / "manifest.json").exists():
+            _err(f"{job.input}: the finished part is kept in {partial}: rerun with --resume to continue")
+        raise
     except VideoError as e:
         return str(e)
     except OSError as e:
@@ -300,9 +342,25 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
     finally:
         colorizer.set_threads(threads)
     job.notes = [*report.reencoded_streams, *report.notes]
+    if report.resumed_frames:
+        job.notes.insert(0, f"resumed: {report.resumed_frames} of {report.frames} frames were done by an earlier run")
     if report.corrupt_frames_bridged:
         job.notes.append(f"{report.corrupt_frames_bridged} corrupt frame(s) bridged with the previous frame")
     return None
+
+
+def _engine_key(colorizer, opts: RunOptions) -> dict:
+    """What a film's colour depends on besides the video options: a resume with another is refused."""
+    weights = opts.weights if opts.weights is not None else get_spec(opts.model).weights_path()
+    st = weights.stat()
+    return {
+        "model": opts.model,
+        "weights": [str(weights.resolve()), st.st_size, st.st_mtime_ns],
+        "working_size": colorizer.working_size,
+        "decode": opts.decode_options,
+        "saturation": opts.saturation,
+        "seed": opts.seed,
+    }
 
 
 def _sample_paths(out: Path, samples: int) -> list[Path]:
@@ -375,15 +433,114 @@ class _progress:
         """Progress within a film: ``engines.video.colorize_video``'s callback."""
         if self._bar is None:
             return
-        if self._frames is None:
+        if self._frames is None:  # the first call may bring the frames an earlier (resumed) run did
             self._frames = self._bar.add_task("  frames", total=total, rate="")
-            self._t0 = time.perf_counter()
-        fps = done / max(1e-9, time.perf_counter() - self._t0)
+            self._t0, self._done0 = time.perf_counter(), done
+        fps = (done - self._done0) / max(1e-9, time.perf_counter() - self._t0)
         self._bar.update(self._frames, completed=done, total=total, rate=f"{fps:.1f} fps")
 
     def __exit__(self, *exc) -> None:
         if self._bar is not None:
             self._bar.__exit__(*exc)
+
+
+def _parse_list(text: str, kind: type, flag: str, low: float, high: float) -> list:
+    """``"64,96,128"`` -> ``[64, 96, 128]``; raises ValueError with a one-line reason."""
+    values = []
+    for item in text.split(","):
+        try:
+            value = kind(item.strip())
+        except ValueError:
+            raise ValueError(f"{flag}: {item.strip()!r} is not a {'whole ' if kind is int else ''}number") from None
+        if not low <= value <= high:
+            raise ValueError(f"{flag}: {value} is outside {low}..{high}")
+        if value not in values:
+            values.append(value)
+    return values
+
+
+@app.command("sheet")
+def sheet(
+    photo: Annotated[Path, typer.Argument(help="The photo to try the settings on.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The contact sheet (.png, .jpg, ...).")],
+    models: Annotated[str, typer.Option(help="Engines, comma-separated.")] = ",".join(ENGINES),
+    sizes: Annotated[str, typer.Option(help="Working sizes (--working-size), comma-separated.")] = "64,96,128,256",
+    temperatures: Annotated[
+        str, typer.Option(help="Classification engines: temperatures (--temperature), comma-separated.")
+    ] = "0.2,0.5,1",
+    cell: Annotated[int, typer.Option(min=64, max=1024, help="Longest side of each thumbnail, in pixels.")] = 320,
+    backend: Annotated[BackendChoice, typer.Option(help="Where the engines run.")] = BackendChoice.auto,
+    overwrite: Annotated[bool, typer.Option(help="Replace the sheet if it exists.")] = False,
+) -> None:
+    """One labelled image of PHOTO under every engine, working size and (classification) temperature;
+    each label is the flags that give that picture with `colorize PHOTO ...`."""
+    import numpy as np
+
+    from engines.formats import IMAGE_SUFFIXES
+
+    try:
+        names = [m.strip() for m in models.split(",") if m.strip()]
+        for name in names:
+            get_spec(name)
+        if not names:
+            raise ValueError("--models: no engine named")
+        size_list = _parse_list(sizes, int, "--sizes", 16, 4096)
+        temperature_list = _parse_list(temperatures, float, "--temperatures", 0.01, 10.0)
+    except (UnknownEngineError, ValueError) as e:
+        _err(f"sheet: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    if output.suffix.lower() not in IMAGE_SUFFIXES:
+        _err(f"sheet: {output}: unsupported output format {output.suffix or '(no suffix)'} (use .png or .jpg)")
+        raise typer.Exit(EXIT_USAGE)
+    if output.exists() and not overwrite:
+        _err(f"sheet: output {output} exists (use --overwrite to replace it)")
+        raise typer.Exit(EXIT_FAILED)
+
+    from engines.checkpoint import CheckpointError
+    from engines.photo_io import PhotoError, read_photo, write_photo
+    from engines.pipeline import load_colorizer
+    from engines.runtime import BackendUnavailable, select_backend
+    from engines.sheet import contact_sheet, thumbnail
+
+    try:
+        rgb = read_photo(photo).rgb
+    except PhotoError as e:
+        _err(f"sheet: {photo}: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    try:
+        chosen = select_backend(backend.value)
+    except BackendUnavailable as e:
+        _err(f"sheet: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    rows = []  # one per engine (and temperature), one cell per working size
+    settings = [
+        (name, t) for name in names for t in (temperature_list if get_spec(name).family == "classification" else [None])
+    ]
+    with _progress(len(settings) * len(size_list), enabled=sys.stderr.isatty()) as progress:
+        for name, t in settings:
+            flags = [f"--model {name}"] + ([f"--temperature {t:g}"] if t is not None else [])
+            row = []
+            for size in size_list:
+                options = {"temperature": t} if t is not None else {}
+                try:
+                    colorizer = load_colorizer(name, chosen, working_size=size, **options)
+                except (CheckpointError, OSError, ValueError) as e:
+                    _err(f"sheet: cannot load model {name}: {e}")
+                    raise typer.Exit(EXIT_USAGE) from None
+                row.append((thumbnail(colorizer.colorize(rgb), cell), [*flags, f"--working-size {size}"]))
+                progress.advance()
+            rows.append(row)
+    long_side = max(rgb.shape[:2])
+    title = f"colorize {photo.name} + the flags under a picture"
+    if max(size_list) > long_side:
+        title += f"  (sizes above {long_side}, the photo's long side, all see it at {long_side})"
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        write_photo(output, contact_sheet(rows, title).astype(np.float32) / 255, quality=92)
+    except (PhotoError, OSError) as e:
+        _err(f"sheet: {output}: {e}")
+        raise typer.Exit(EXIT_FAILED) from None
+    typer.echo(f"wrote {output} ({len(rows)} x {len(size_list)} cells)")
 
 
 @app.command("models")

@@ -72,6 +72,7 @@ class Colorizer:
         seed: int = 0,
         color_space: str = "lab",
         notes: tuple[str, ...] = (),
+        saturation: float = 1.0,
     ):
         self.model = model.to(device).eval()
         self.notes = notes  # which backend runs the engine, and why
@@ -84,13 +85,19 @@ class Colorizer:
         self.noise_input = noise_input
         self.seed = seed
         self.color_space = color_space  # what the engine predicts chroma in; re-expressed as ab below
+        self.saturation = saturation  # see ``predict_ab``
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         """Full-resolution L ``(N, 1, H, W)`` in [0, 100] -> ab ``(N, 2, H, W)`` at the same size.
 
-        A batch (e.g. video frames) goes through the engine in one call.
+        A batch (e.g. video frames) goes through the engine in one call. The predicted ab is scaled by
+        ``self.saturation`` (1: as predicted, 0: gray), before any gamut mapping, which happens when L and ab
+        are composed. Photos and films both take their ab from here; upsampling and the films' temporal
+        smoothing are linear in ab, so scaling here equals scaling their output.
         """
+        if self.saturation < 0:
+            raise ValueError(f"saturation must be at least 0, got {self.saturation}")
         h, w = l.shape[-2:]
         scale = min(1.0, self.working_size / max(h, w))  # never upscale small photos
         sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
@@ -108,6 +115,8 @@ class Colorizer:
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
         ab_small = color.chroma_to_ab(l_small, ab_work[..., :sh, :sw], self.color_space)
+        if self.saturation != 1:
+            ab_small = ab_small * self.saturation
         if (sh, sw) == (h, w):
             return ab_small
         if self.guided:

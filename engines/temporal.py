@@ -183,6 +183,16 @@ class ChromaSmoother:
         self._prev_hist: np.ndarray | None = None
         self._prev_ab: np.ndarray | None = None
 
+    def get_state(self) -> dict[str, np.ndarray]:
+        """Everything ``step`` depends on, as arrays (for saving); ``set_state`` puts it back."""
+        if self._prev_ab is None:
+            return {"cuts": np.int64(self.cuts)}
+        return {"cuts": np.int64(self.cuts), "small": self._prev_small, "hist": self._prev_hist, "ab": self._prev_ab}
+
+    def set_state(self, state: dict[str, np.ndarray]) -> None:
+        self.cuts = int(state["cuts"])
+        self._prev_small, self._prev_hist, self._prev_ab = (state.get(k) for k in ("small", "hist", "ab"))
+
     def step(self, l: np.ndarray, ab: np.ndarray) -> np.ndarray:
         h, w = l.shape
         small = lightness_u8(resize_long_side(np.ascontiguousarray(l, dtype=np.float32), self.flow_long_side))

@@ -8,12 +8,28 @@ Data flow (four threads, bounded queues, so memory does not grow with the film's
     read:    demux -> decode -> RGB (explicit matrix and range) -> CIELAB L ---------------> q1
     analyse: batches of ``batch_size`` frames -> predict_ab -> temporal smoothing of ab ---> q2
     compose: L + ab -> RGB (L kept) -> the encoder's YUV ---------------------------------> q3
-    main:    encode -> mux (copied streams' packets are muxed as they arrive, in file order)
+    main:    encode into segment files (video packets only)
+    then:    mux the segments' packets with the input's other streams (copied, in time order)
 
-Packets of the copied streams travel through the same queues as the video frames, so they reach the
-muxer in roughly the input's order; FFmpeg's interleaver does the rest. An exception in any thread
-sets a stop flag that every blocking queue operation checks, the main thread re-raises it, and the
-temporary output is removed.
+An exception in any thread sets a stop flag that every blocking queue operation checks, and the main
+thread re-raises it.
+
+Interruption
+------------
+Work in progress lives beside the output in ``.<name>.colorize-partial/``; nothing appears under the
+output's name until the film is complete (then the folder is removed). The video is encoded in
+segments of about ``segment_seconds``, each by a fresh encoder set up exactly like the final stream's,
+so each starts with a keyframe and stands alone. A finished segment is fsynced and renamed into the
+folder, then ``manifest.json`` (atomically replaced) records it together with a file holding the
+temporal smoother's state after its last frame and that frame's RGB. A run killed in any way (Ctrl-C,
+SIGTERM, SIGKILL, power cut) loses at most the segment in hand; a run with ``resume`` decodes past the
+finished frames without colourising them, restores the smoother's state and goes on, so its film is
+the uninterrupted run's: the same frames, timestamps and packets, no join. A resume is refused (one
+line) when the input's size or modification time, the options or the engine differ from the manifest's.
+Batches never straddle a segment boundary, so a resumed run feeds the engine the same batches.
+Finally the segments' packets are muxed, unchanged, with the input's other streams, interleaved by
+time. Failures that would repeat (VideoError: unreadable input, unwritable output) remove the folder;
+anything else (an interruption, a crash) keeps it for ``resume``.
 
 Decisions
 ---------
@@ -55,14 +71,16 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
+import json
 import os
 import queue
-import secrets
+import shutil
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 
@@ -129,6 +147,8 @@ class VideoOptions:
     batch_size: frames per engine call (at most 8 megapixels per call: fewer frames for large sizes).
     scene_cut_threshold: lightness-histogram distance above which smoothing restarts (see
         ``engines.temporal``; 0.18, calibrated on the dev clips).
+    segment_seconds: length of the independently encoded segments (see "Interruption" in the module
+        docstring): at most this much work is lost when a run is killed.
     """
 
     codec: str = "libx264"
@@ -137,6 +157,7 @@ class VideoOptions:
     strength: float = 0.6
     batch_size: int = 8
     scene_cut_threshold: float = DEFAULT_SCENE_CUT_THRESHOLD
+    segment_seconds: float = 10.0
 
     def __post_init__(self) -> None:
         if self.smoothing not in ("off", "flow"):
@@ -149,13 +170,16 @@ class VideoOptions:
             raise ValueError(f"crf must be in 0..63, got {self.crf}")
         if not 0 <= self.scene_cut_threshold <= 1:
             raise ValueError(f"scene_cut_threshold must be in [0, 1], got {self.scene_cut_threshold}")
+        if not 0 < self.segment_seconds < float("inf"):
+            raise ValueError(f"segment_seconds must be positive, got {self.segment_seconds}")
 
 
 @dataclass
 class VideoReport:
     """What ``colorize_video`` did. Stream descriptions are human text, e.g. ``'audio 1 (aac)'``."""
 
-    frames: int = 0  # video frames written (decoded + bridged)
+    frames: int = 0  # video frames written (decoded + bridged), including those of an earlier run
+    resumed_frames: int = 0  # frames an interrupted earlier run had done
     corrupt_frames_bridged: int = 0
     seconds: float = 0.0
     copied_streams: list[str] = field(default_factory=list)
@@ -454,10 +478,12 @@ class _Frame:
 
     pts: int
     duration: int
+    index: int = 0  # position in the output film (frames and bridges alike)
     l: torch.Tensor | None = None  # (1, H, W) float32 CIELAB L of the decoded frame
     ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
     out: av.VideoFrame | None = None  # in the encoder's pixel format
     rgb_out: np.ndarray | None = None  # (H, W, 3) uint8, kept for bridging
+    state: dict | None = None  # on the last item of a segment: the smoother's state after it
 
 
 @dataclass
@@ -466,13 +492,8 @@ class _Bridge:
 
     pts: int
     duration: int
-
-
-@dataclass
-class _Copy:
-    """A packet of another stream, passed to the muxer in order."""
-
-    packet: av.Packet
+    index: int = 0
+    state: dict | None = None
 
 
 _END = object()
@@ -604,14 +625,22 @@ class _ReadStats:
 
 
 def _read_stage(
-    w: _Workers, inp, video_index: int, routes: dict[int, _Route], probe: _Probe, q_out: queue.Queue, stats: _ReadStats
+    w: _Workers, inp, video_index: int, probe: _Probe, skip: int, q_out: queue.Queue, stats: _ReadStats
 ) -> None:
-    """Demux everything; decode the video stream to RGB; emit frames, bridges and copied packets."""
+    """Demux and decode the video stream to RGB; emit frames and bridges, numbered, except the first
+    ``skip`` (done by an earlier run: decoded, to keep the numbering, but not converted)."""
     vstream = inp.streams[video_index]
-    wanted = [vstream] + [inp.streams[i] for i in routes]
     lost: list[tuple[int, int]] = []  # (pts, duration) of frames that failed, not yet emitted
     last_pts: int | None = None
     last_duration = 1
+    index = 0
+
+    def put(item: _Frame | _Bridge) -> None:
+        nonlocal index
+        if index >= skip:
+            item.index = index
+            w.put(q_out, item)
+        index += 1
 
     def emit_frame_or_bridge(pts: int | None, duration: int, frame: av.VideoFrame | None) -> None:
         nonlocal last_pts, last_duration
@@ -621,19 +650,19 @@ def _read_stage(
         while lost and lost[0][0] < pts:
             q, d = lost.pop(0)
             if last_pts is None or q > last_pts:
-                w.put(q_out, _Bridge(q, d))
+                put(_Bridge(q, d))
                 last_pts, last_duration = q, d or last_duration
         if last_pts is not None and pts <= last_pts:
             stats.out_of_order += 1
             return
         duration = duration or last_duration
-        if frame is None or frame.is_corrupt:
-            w.put(q_out, _Bridge(pts, duration))
+        if index < skip or frame is None or frame.is_corrupt:
+            put(_Bridge(pts, duration))  # (a frame an earlier run did: only counted, by put)
         else:
             if (frame.width, frame.height) != (probe.width, probe.height):
                 stats.resized += 1
             rgb = _frame_to_rgb(frame, probe.width, probe.height)
-            w.put(q_out, _Frame(pts, duration, l=lightness_of_rgb_u8(rgb)))
+            put(_Frame(pts, duration, l=lightness_of_rgb_u8(rgb)))
             stats.decoded += 1
         last_pts, last_duration = pts, duration
 
@@ -650,7 +679,7 @@ def _read_stage(
         for frame in frames:
             emit_frame_or_bridge(frame.pts, frame.duration, frame)
 
-    demuxer = inp.demux(wanted)
+    demuxer = inp.demux(vstream)
     while True:
         if w.stop.is_set():
             raise _Stopped
@@ -664,14 +693,11 @@ def _read_stage(
                 for frame in vstream.decode(None):
                     emit_frame_or_bridge(frame.pts, frame.duration, frame)
             break
-        if packet.stream.index == video_index:
-            decode(packet)
-        elif packet.size or routes[packet.stream.index].transcode:
-            w.put(q_out, _Copy(packet))
+        decode(packet)
     lost.sort()
     for q, d in lost:
         if last_pts is None or q > last_pts:
-            w.put(q_out, _Bridge(q, d or last_duration))
+            put(_Bridge(q, d or last_duration))
             last_pts = q
     w.put(q_out, _END)
 
@@ -680,12 +706,14 @@ def _analyse_stage(
     w: _Workers,
     predict_ab: Callable[[torch.Tensor], torch.Tensor],
     batch_size: int,
+    segment_frames: int,
     smoother: ChromaSmoother | None,
     q_in: queue.Queue,
     q_out: queue.Queue,
 ) -> None:
-    """Batches of frames -> the engine's ab, smoothed over time frame by frame; other items pass
-    through in order."""
+    """Batches of frames -> the engine's ab, smoothed over time frame by frame; bridges pass through
+    in order. A batch never spans two segments, and the last item of each segment carries the
+    smoother's state after it, so a resumed run continues exactly where this one was."""
     pending: list = []
     frames: list[_Frame] = []
 
@@ -705,6 +733,8 @@ def _analyse_stage(
                 ab_hwc = ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
                 for i, f in enumerate(frames):
                     f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), ab_hwc[i])).permute(2, 0, 1)
+        if pending and pending[-1].index % segment_frames == segment_frames - 1:
+            pending[-1].state = smoother.get_state() if smoother is not None else {}
         for item in pending:
             w.put(q_out, item)
         pending.clear()
@@ -719,8 +749,8 @@ def _analyse_stage(
         pending.append(item)
         if isinstance(item, _Frame):
             frames.append(item)
-            if len(frames) >= batch_size:
-                flush()
+        if len(frames) >= batch_size or item.index % segment_frames == segment_frames - 1:
+            flush()
 
 
 def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
@@ -759,18 +789,24 @@ def colorize_video(
     predict_ab: Callable[[torch.Tensor], torch.Tensor],
     options: VideoOptions = VideoOptions(),
     progress: Callable[[int, int | None], None] | None = None,
+    resume: bool = False,
+    engine_key: dict | None = None,
 ) -> VideoReport:
     """Colourise the film ``src`` into ``dst`` (.mp4, .mkv or .mov); see the module docstring.
 
     ``predict_ab`` maps full-resolution lightness ``(N, 1, H, W)`` float32 in [0, 100] to ab
     ``(N, 2, H, W)`` (``engines.pipeline.Colorizer.predict_ab``); it is called from a worker thread,
     one batch at a time. ``progress(done, total)`` is called from the calling thread after each frame
-    is encoded; ``total`` is the container's frame count, an estimate from its duration, or None.
+    is encoded (first with the frames an earlier run did, when resuming); ``total`` is the container's
+    frame count, an estimate from its duration, or None.
 
-    ``dst`` appears atomically: the film is written to a hidden temporary file beside it and renamed
-    at the end; on any failure (or KeyboardInterrupt) the temporary file is removed and an existing
-    ``dst`` is untouched. Raises VideoError (one line, no path) for unreadable or unsupported input
-    and output; exceptions from ``predict_ab`` or ``progress`` propagate unchanged.
+    Work in progress lives in ``.<dst name>.colorize-partial/`` beside ``dst`` (see "Interruption" in the
+    module docstring); ``dst`` appears, by rename, only when the film is complete, and the folder is then
+    removed. ``resume``: continue the work an interrupted run left there; without it such a folder is
+    refused. ``engine_key`` (JSON-able) describes ``predict_ab``: a resume is refused unless it, the
+    options and the input's size and modification time are the same. Raises VideoError (one line, no
+    path) for unreadable or unsupported input and output and for a refused resume; exceptions from
+    ``predict_ab`` or ``progress`` propagate unchanged.
     """
     started = time.perf_counter()
     src, dst = Path(src), Path(dst)
@@ -790,37 +826,376 @@ def colorize_video(
         raise VideoError("cannot write: the directory does not exist")
 
     probe = _probe(src)
-    report = VideoReport()
-    tmp = _temporary_name(dst)
-    created = False
+    st = src.stat()
+    key = {
+        "input": {"name": src.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns},
+        "format": fmt,
+        "options": asdict(options),
+        "engine": engine_key,
+    }
+    work = _Partial(dst, key)
+    work.start(resume)  # may refuse: then the folder is left as it is
+    report = VideoReport(resumed_frames=work.frames)
     try:
-        with _open_input(src) as inp:
-            try:
-                out = av.open(str(tmp), "w", format=fmt, options=_MUXER_OPTIONS.get(fmt, {}))
-            except (av.FFmpegError, OSError) as exc:
-                raise VideoError(f"cannot write: {_reason(exc)}") from exc
-            created = True
-            ok = False
-            try:
-                _run(inp, out, fmt, probe, predict_ab, options, progress, report)
-                ok = True
-            finally:
-                try:
-                    out.close()
-                except (av.FFmpegError, OSError) as exc:
-                    if ok:
-                        raise VideoError(f"cannot write: {_reason(exc)}") from exc
+        if not work.manifest["complete"]:
+            with _open_input(src) as inp:
+                _encode_segments(inp, fmt, probe, predict_ab, options, progress, report, work)
+        report.frames = work.frames
+        report.corrupt_frames_bridged = sum(seg["bridged"] for seg in work.manifest["segments"])
+        report.scene_cuts = work.manifest["scene_cuts"]
+        tmp = work.dir / f"film{dst.suffix}"
+        _assemble(src, tmp, fmt, probe, options, work, report)
         os.replace(tmp, dst)
-    except BaseException:
-        if created:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+    except VideoError:
+        work.remove()  # the same input and settings would fail the same way: nothing worth resuming
         raise
+    except BaseException:
+        if not work.manifest["segments"]:
+            work.remove()  # nothing finished: nothing to resume
+        raise
+    work.remove()
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _run(inp, out, fmt: str, probe: _Probe, predict_ab, options: VideoOptions, progress, report: VideoReport) -> None:
+def _segment_frames(options: VideoOptions, rate: Fraction | None, batch: int) -> int:
+    """Frames per segment: about ``options.segment_seconds``, a whole number of batches."""
+    return batch * max(1, round(float(rate or 25) * options.segment_seconds / batch))
+
+
+def _encode_segments(
+    inp, fmt: str, probe: _Probe, predict_ab, options: VideoOptions, progress, report: VideoReport, work: _Partial
+) -> None:
+    """Colourise the frames the partial work lacks, segment by segment, into ``work``."""
+    vin = inp.streams[probe.index]
+    rate = vin.average_rate or vin.guessed_rate
+    pix_fmt = encoder_pixel_format(options.codec, probe.width, probe.height)
+    if pix_fmt == "yuv444p" and (probe.width % 2 or probe.height % 2):
+        report.notes.append(
+            f"odd frame size {probe.width}x{probe.height}: encoded as yuv444p at its exact size (some hardware players cannot decode 4:4:4)"
+        )
+    total = vin.frames or None
+    if total is None and inp.duration and rate:
+        total = max(1, round(inp.duration / 1_000_000 * float(rate)))
+
+    smoother = ChromaSmoother(options.strength, options.scene_cut_threshold) if options.smoothing == "flow" else None
+    batch = max(1, min(options.batch_size, _BATCH_PIXELS // (probe.width * probe.height)))
+    segment = work.segment_frames(_segment_frames(options, rate, batch))
+    state = work.load_state()
+    if smoother is not None and "cuts" in state:
+        smoother.set_state(state)
+    writer = _SegmentWriter(work, fmt, options, probe, vin, rate, pix_fmt, segment, state.get("last_rgb"))
+    if progress is not None and work.frames:
+        progress(work.frames, total)
+    w = _Workers()
+    depth = batch + _QUEUE_SLACK
+    q1, q2, q3 = queue.Queue(depth), queue.Queue(depth), queue.Queue(_QUEUE_SLACK)
+    stats = _ReadStats()
+    w.spawn("read", _read_stage, w, inp, probe.index, probe, work.frames, q1, stats)
+    w.spawn("analyse", _analyse_stage, w, predict_ab, batch, segment, smoother, q1, q2)
+    w.spawn("compose", _compose_stage, w, pix_fmt, q2, q3)
+    try:
+        while (item := w.get(q3)) is not _END:
+            writer.write(item)
+            if progress is not None:
+                progress(writer.index, total)
+        writer.finish(smoother.cuts if smoother is not None else 0)
+    except BaseException as exc:
+        w.fail(exc)
+        w.shutdown()
+        writer.abandon()
+        if isinstance(exc, _Stopped) and w.error is not None:
+            raise w.error from None
+        raise
+    if not w.shutdown():
+        raise VideoError("internal error: a worker thread did not stop")
+    if w.error is not None:
+        raise w.error
+
+    if stats.failed_packets and stats.unbridgeable:
+        report.notes.append(f"{stats.unbridgeable} undecodable video packets without timestamps were skipped")
+    if stats.out_of_order:
+        report.notes.append(f"{stats.out_of_order} frames with repeated or decreasing timestamps were dropped")
+    if stats.resized:
+        report.notes.append(f"{stats.resized} frames of another size were scaled to {probe.width}x{probe.height}")
+    video_end = work.manifest["end"]
+    if stats.stopped_early:
+        report.notes.append(f"input ends early ({stats.stopped_early}): stopped after {work.frames} frames")
+    elif vin.frames and work.frames < vin.frames:
+        report.notes.append(f"the container declares {vin.frames} frames but only {work.frames} could be read")
+    elif inp.duration and video_end is not None and rate:
+        # Matroska and MPEG-TS cut short just end: compare with the duration the header declares.
+        end = Fraction(*video_end)
+        declared = Fraction(inp.duration, 1_000_000) + Fraction(inp.start_time or 0, 1_000_000)
+        if declared - end > max(3 / rate, declared / 50):
+            report.notes.append(
+                f"the video ends at {float(end):.2f} s but the container declares {float(declared):.2f} s: "
+                "the file may be truncated"
+            )
+    if work.frames == 0 or (stats.decoded == 0 and not report.resumed_frames):
+        raise VideoError("no decodable video frames")
+
+
+class _SegmentWriter:
+    """Encodes the pipeline's frames into segment files of ``segment`` frames, each from a fresh
+    encoder (so each starts with a keyframe and depends on no other), and commits each one to ``work``.
+
+    The encoder is set up exactly as the final stream will be (``add_video_encoder`` on a throwaway
+    container of the output format), so its packets can be muxed into the film unchanged."""
+
+    def __init__(self, work, fmt, options, probe, vin, rate, pix_fmt, segment, last_rgb):
+        self.work, self.fmt, self.options, self.probe = work, fmt, options, probe
+        self.vin, self.rate, self.pix_fmt, self.segment = vin, rate, pix_fmt, segment
+        self.last_rgb = last_rgb  # the previous output frame, for bridging
+        self.index = work.frames  # the next output frame's number
+        self.waiting: list[_Bridge] = []  # bridges before the first good frame
+        self.file = None
+
+    def _open(self) -> None:
+        self.box = av.open(io.BytesIO(), "w", format=self.fmt)
+        try:
+            self.stream = add_video_encoder(
+                self.box, self.options.codec, self.options.crf, self.probe.width, self.probe.height,
+                self.vin.time_base, self.rate, self.vin.sample_aspect_ratio,
+            )  # fmt: skip
+        except (av.FFmpegError, ValueError) as exc:
+            raise VideoError(f"cannot encode with {self.options.codec}: {_reason(exc)}") from exc
+        self.durations: dict[int, int] = {}  # by pts: libx264 leaves packet durations at 0
+        self.frames = self.bridged = 0
+        self.end: Fraction | None = None
+        self.tmp = self.work.dir / f"segment-{len(self.work.manifest['segments']):06d}.tmp"
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 - closed in _commit or abandon
+
+    def _put(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            duration = self.durations.pop(packet.pts, 0) if packet.pts is not None else 0
+            _write_packet(self.file, packet, packet.duration or duration)
+
+    def _encode(self, frame: av.VideoFrame, pts: int, duration: int, bridged: bool, state: dict | None) -> None:
+        if self.file is None:
+            self._open()
+        tb = self.vin.time_base
+        frame.pts, frame.time_base, frame.duration = pts, tb, duration
+        self.durations[pts] = duration
+        self.end = (pts + duration) * tb
+        try:
+            self._put(self.stream.encode(frame))
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot encode: {_reason(exc)}") from exc
+        self.frames += 1
+        self.bridged += bridged
+        self.index += 1
+        if self.index % self.segment == 0:
+            self._commit(state)
+
+    def write(self, item: _Frame | _Bridge) -> None:
+        if isinstance(item, _Frame):
+            for bridge in self.waiting:
+                frame = rgb_to_encoder_frame(item.rgb_out, self.pix_fmt)
+                self._encode(frame, bridge.pts, bridge.duration, True, bridge.state)
+            self.waiting.clear()
+            self.last_rgb = item.rgb_out
+            self._encode(item.out, item.pts, item.duration, False, item.state)
+        elif self.last_rgb is None:
+            self.waiting.append(item)
+        else:
+            self._encode(rgb_to_encoder_frame(self.last_rgb, self.pix_fmt), item.pts, item.duration, True, item.state)
+
+    def _commit(self, state: dict | None) -> None:
+        try:
+            self._put(self.stream.encode(None))
+        except av.FFmpegError as exc:
+            raise VideoError(f"cannot encode: {_reason(exc)}") from exc
+        extradata = bytes(self.stream.codec_context.extradata or b"")
+        _close_durably(self.file)
+        self.file = None
+        if state is not None and self.last_rgb is not None:
+            state = {**state, "last_rgb": self.last_rgb}
+        self.work.commit(self.tmp, self.frames, self.bridged, self.end, extradata, state)
+
+    def finish(self, scene_cuts: int) -> None:
+        if self.waiting:  # a film of lost frames only: nothing to repeat
+            raise VideoError("no decodable video frames")
+        if self.file is not None:
+            self._commit(None)
+        self.work.complete(scene_cuts)
+
+    def abandon(self) -> None:
+        if self.file is not None:
+            with contextlib.suppress(OSError):
+                self.file.close()
+                os.unlink(self.tmp)
+            self.file = None
+
+
+# A segment file: the encoder's packets in decode order, each a header and its bytes.
+_PACKET_HEADER = struct.Struct("<qqqBI")  # pts, dts, duration, keyframe, size
+_NO_TIME = -(2**63)
+
+
+def _write_packet(file, packet: av.Packet, duration: int) -> None:
+    def t(v: int | None) -> int:
+        return _NO_TIME if v is None else v
+
+    file.write(_PACKET_HEADER.pack(t(packet.pts), t(packet.dts), duration, packet.is_keyframe, packet.size))
+    file.write(bytes(packet))
+
+
+def _read_packets(path: Path, stream, time_base: Fraction) -> Iterator[av.Packet]:
+    with open(path, "rb") as file:
+        while head := file.read(_PACKET_HEADER.size):
+            pts, dts, duration, key, size = _PACKET_HEADER.unpack(head)
+            packet = av.Packet(file.read(size))
+            packet.pts = None if pts == _NO_TIME else pts
+            packet.dts = None if dts == _NO_TIME else dts
+            packet.duration, packet.time_base, packet.is_keyframe = duration, time_base, bool(key)
+            packet.stream = stream
+            yield packet
+
+
+def _close_durably(file) -> None:
+    """Flush, fsync (a power cut must not leave a committed file empty) and close."""
+    file.flush()
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync
+        os.fsync(file.fileno())
+    file.close()
+
+
+class _Partial:
+    """A film's work in progress: ``.<dst name>.colorize-partial/`` beside ``dst``, holding finished
+    segment files, the smoother's state after the last of them, and ``manifest.json``, which names
+    them and is replaced atomically after each segment. Only what the manifest names counts: a
+    segment being written when the run was killed is discarded on resume."""
+
+    def __init__(self, dst: Path, key: dict):
+        self.dir = dst.with_name(f".{dst.name}.colorize-partial")
+        self.key = json.loads(json.dumps(key))  # as it reads back from the manifest
+        self.manifest: dict = {}
+
+    @property
+    def frames(self) -> int:
+        return sum(seg["frames"] for seg in self.manifest["segments"])
+
+    def start(self, resume: bool) -> None:
+        manifest = None
+        if self.dir.exists():
+            try:
+                manifest = json.loads((self.dir / "manifest.json").read_text())
+            except FileNotFoundError:
+                pass  # killed before the first segment was done: nothing to keep
+            except (OSError, ValueError) as exc:
+                raise VideoError(f"unreadable work of an interrupted run in {self.dir.name}: delete it") from exc
+        if manifest is not None and manifest.get("segments"):
+            if not resume:
+                raise VideoError(
+                    f"an interrupted run's work is in {self.dir.name}: add --resume to continue it, "
+                    "or delete that folder to start over"
+                )
+            if manifest.get("key") != self.key:
+                raise VideoError(
+                    f"the interrupted run's work in {self.dir.name} was made with other settings or another "
+                    "version of the input: use the same settings, or delete that folder to start over"
+                )
+            self.manifest = manifest
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            self.manifest = {"version": 1, "key": self.key, "segment_frames": None, "segments": [],
+                             "state": None, "extradata": None, "end": None, "complete": False, "scene_cuts": 0}  # fmt: skip
+        try:
+            self.dir.mkdir(exist_ok=True)
+            for p in self.dir.iterdir():  # leftovers of a killed run that the manifest does not name
+                if p.name not in self._named():
+                    p.unlink()
+        except OSError as exc:
+            raise VideoError(f"cannot write: {_os_reason(exc)}") from exc
+
+    def _named(self) -> set[str]:
+        m = self.manifest
+        return {"manifest.json", *(seg["file"] for seg in m["segments"]), *([m["state"]] if m["state"] else [])}
+
+    def segment_frames(self, wanted: int) -> int:
+        if self.manifest["segment_frames"] is None:
+            self.manifest["segment_frames"] = wanted
+        return self.manifest["segment_frames"]
+
+    def load_state(self) -> dict:
+        if not self.manifest["state"]:
+            return {}
+        with np.load(self.dir / self.manifest["state"]) as z:
+            return {k: z[k] for k in z.files}
+
+    def commit(self, tmp: Path, frames: int, bridged: int, end, extradata: bytes, state: dict | None) -> None:
+        """Make the segment just written part of the work: rename it, save the state, then the manifest."""
+        m = self.manifest
+        if m["extradata"] is None:
+            m["extradata"] = extradata.hex()
+        elif m["extradata"] != extradata.hex():
+            raise VideoError("internal error: the encoder's stream headers changed between segments")
+        k = len(m["segments"])
+        name = f"segment-{k:06d}.bin"
+        os.replace(tmp, self.dir / name)
+        old_state = m["state"]
+        m["state"] = None
+        if state is not None:
+            m["state"] = f"state-{k:06d}.npz"
+            with open(self.dir / f"{m['state']}.tmp", "wb") as file:
+                np.savez(file, **state)
+                _close_durably(file)
+            os.replace(self.dir / f"{m['state']}.tmp", self.dir / m["state"])
+        m["segments"].append({"file": name, "frames": frames, "bridged": bridged})
+        m["end"] = [end.numerator, end.denominator] if end is not None else m["end"]
+        self._save()
+        if old_state:
+            with contextlib.suppress(OSError):
+                os.unlink(self.dir / old_state)
+
+    def complete(self, scene_cuts: int) -> None:
+        self.manifest["complete"] = True
+        self.manifest["scene_cuts"] = scene_cuts
+        self._save()
+
+    def _save(self) -> None:
+        tmp = self.dir / "manifest.json.tmp"
+        with open(tmp, "w") as file:
+            json.dump(self.manifest, file)
+            _close_durably(file)
+        os.replace(tmp, self.dir / "manifest.json")
+        with contextlib.suppress(OSError):  # the renames themselves must survive a power cut
+            fd = os.open(self.dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def packets(self, stream, time_base: Fraction) -> Iterator[av.Packet]:
+        for seg in self.manifest["segments"]:
+            yield from _read_packets(self.dir / seg["file"], stream, time_base)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _assemble(src: Path, tmp: Path, fmt: str, probe: _Probe, options: VideoOptions, work: _Partial, report) -> None:
+    """Mux the segments' video packets, unchanged and with their timestamps, with the input's other
+    streams (copied or converted as ``_plan_streams`` decides) into ``tmp``."""
+    with _open_input(src) as inp:
+        try:
+            out = av.open(str(tmp), "w", format=fmt, options=_MUXER_OPTIONS.get(fmt, {}))
+        except (av.FFmpegError, OSError) as exc:
+            raise VideoError(f"cannot write: {_reason(exc)}") from exc
+        ok = False
+        try:
+            _mux_film(inp, out, fmt, probe, options, work, report)
+            ok = True
+        finally:
+            try:
+                out.close()
+            except (av.FFmpegError, OSError) as exc:
+                if ok:
+                    raise VideoError(f"cannot write: {_reason(exc)}") from exc
+
+
+def _mux_film(inp, out, fmt: str, probe: _Probe, options: VideoOptions, work: _Partial, report) -> None:
     vin = inp.streams[probe.index]
     rate = vin.average_rate or vin.guessed_rate
     added = []
@@ -829,16 +1204,10 @@ def _run(inp, out, fmt: str, probe: _Probe, predict_ab, options: VideoOptions, p
         try:
             added.append(
                 add_video_encoder(
-                    out,
-                    options.codec,
-                    options.crf,
-                    probe.width,
-                    probe.height,
-                    vin.time_base,
-                    rate,
+                    out, options.codec, options.crf, probe.width, probe.height, vin.time_base, rate,
                     vin.sample_aspect_ratio,
                 )
-            )
+            )  # fmt: skip
         except (av.FFmpegError, ValueError) as exc:
             raise VideoError(f"cannot encode with {options.codec}: {_reason(exc)}") from exc
         return added[0]
@@ -854,142 +1223,71 @@ def _run(inp, out, fmt: str, probe: _Probe, predict_ab, options: VideoOptions, p
     with contextlib.suppress(Exception):  # chapters are a nicety
         if inp.chapters():
             out.set_chapters(inp.chapters())
-    pix_fmt = vout.pix_fmt
-    if pix_fmt == "yuv444p" and (probe.width % 2 or probe.height % 2):
-        report.notes.append(
-            f"odd frame size {probe.width}x{probe.height}: encoded as yuv444p at its exact size (some hardware players cannot decode 4:4:4)"
-        )
-    total = vin.frames or None
-    if total is None and inp.duration and rate:
-        total = max(1, round(inp.duration / 1_000_000 * float(rate)))
-
-    smoother = ChromaSmoother(options.strength, options.scene_cut_threshold) if options.smoothing == "flow" else None
-    w = _Workers()
-    batch = max(1, min(options.batch_size, _BATCH_PIXELS // (probe.width * probe.height)))
-    depth = batch + _QUEUE_SLACK
-    q1, q2, q3 = queue.Queue(depth), queue.Queue(depth), queue.Queue(_QUEUE_SLACK)
-    stats = _ReadStats()
-    w.spawn("read", _read_stage, w, inp, probe.index, routes, probe, q1, stats)
-    w.spawn("analyse", _analyse_stage, w, predict_ab, batch, smoother, q1, q2)
-    w.spawn("compose", _compose_stage, w, pix_fmt, q2, q3)
     try:
-        video_end = _mux_loop(w, q3, out, vout, vin, routes, pix_fmt, progress, total, report)
-    except BaseException as exc:
-        w.fail(exc)
-        w.shutdown()
-        if isinstance(exc, _Stopped) and w.error is not None:
-            raise w.error from None
-        raise
-    if not w.shutdown():
-        raise VideoError("internal error: a worker thread did not stop")
-    if w.error is not None:
-        raise w.error
+        out.start_encoding()  # opens the (unused) encoder: its stream headers must be the segments'
+    except (av.FFmpegError, OSError) as exc:
+        raise VideoError(f"cannot write: {_reason(exc)}") from exc
+    if bytes(vout.codec_context.extradata or b"").hex() != work.manifest["extradata"]:
+        raise VideoError("internal error: the encoder's stream headers differ from the segments'")
 
-    report.corrupt_frames_bridged = report.frames - stats.decoded
-    report.scene_cuts = smoother.cuts if smoother is not None else 0
-    if stats.failed_packets and stats.unbridgeable:
-        report.notes.append(f"{stats.unbridgeable} undecodable video packets without timestamps were skipped")
-    if stats.out_of_order:
-        report.notes.append(f"{stats.out_of_order} frames with repeated or decreasing timestamps were dropped")
-    if stats.resized:
-        report.notes.append(f"{stats.resized} frames of another size were scaled to {probe.width}x{probe.height}")
-    if stats.stopped_early:
-        report.notes.append(f"input ends early ({stats.stopped_early}): stopped after {report.frames} frames")
-    elif vin.frames and report.frames < vin.frames:
-        report.notes.append(f"the container declares {vin.frames} frames but only {report.frames} could be read")
-    elif inp.duration and video_end is not None and rate:
-        # Matroska and MPEG-TS cut short just end: compare with the duration the header declares.
-        declared = Fraction(inp.duration, 1_000_000) + Fraction(inp.start_time or 0, 1_000_000)
-        if declared - video_end > max(3 / rate, declared / 50):
-            report.notes.append(
-                f"the video ends at {float(video_end):.2f} s but the container declares {float(declared):.2f} s: "
-                "the file may be truncated"
-            )
-    if stats.decoded == 0:
-        raise VideoError("no decodable video frames")
-    tb_out = vout.time_base
-    if tb_out != vin.time_base and (vin.time_base / tb_out).denominator != 1:
-        report.notes.append(f"the {fmt} muxer stores time in units of {tb_out}: timestamps were rounded to it")
-
-
-def _mux_loop(
-    w: _Workers,
-    q: queue.Queue,
-    out,
-    vout,
-    vin,
-    routes: dict[int, _Route],
-    pix_fmt: str,
-    progress,
-    total,
-    report: VideoReport,
-) -> Fraction | None:
-    """Encode and mux until the pipeline ends; returns the end time (s) of the last video frame."""
     tb = vin.time_base
-    end: Fraction | None = None
-    last_rgb: np.ndarray | None = None
-    waiting: list[_Bridge] = []  # bridges before the first good frame
+    video = work.packets(vout, tb)
+    pending = next(video, None)
+
+    def video_until(t: Fraction | None) -> None:
+        """Mux video packets that start (in decode order) before ``t`` (None: all)."""
+        nonlocal pending
+        while pending is not None:
+            when = pending.dts if pending.dts is not None else pending.pts
+            if t is not None and when is not None and when * tb > t:
+                return
+            _mux_packet(out, pending)
+            pending = next(video, None)
+
     earliest = Fraction(0)  # earliest timestamp of a copied packet, in seconds
-    # Frame durations by pts until the encoder hands out the frame's packet: libx264 leaves packet
-    # durations at 0, and the muxer would then guess the last frame's (and so the film's) duration.
-    durations: dict[int, int] = {}
-
-    def mux_video(packets: list[av.Packet]) -> None:
-        for packet in packets:
-            duration = durations.pop(packet.pts, 0) if packet.pts is not None else 0
-            if duration and not packet.duration:
-                packet.duration = duration
-            out.mux(packet)
-
-    def encode(frame: av.VideoFrame, pts: int, duration: int) -> None:
-        nonlocal end
-        frame.pts, frame.time_base, frame.duration = pts, tb, duration
-        durations[pts] = duration
-        end = (pts + duration) * tb
-        try:
-            mux_video(vout.encode(frame))
-        except av.FFmpegError as exc:
-            raise VideoError(f"cannot encode: {_reason(exc)}") from exc
-        except OSError as exc:
-            raise VideoError(f"cannot write: {_os_reason(exc)}") from exc
-        report.frames += 1
-        if progress is not None:
-            progress(report.frames, total)
-
-    while True:
-        item = w.get(q)
-        if item is _END:
-            break
-        if isinstance(item, _Frame):
-            for bridge in waiting:
-                encode(rgb_to_encoder_frame(item.rgb_out, pix_fmt), bridge.pts, bridge.duration)
-            waiting.clear()
-            encode(item.out, item.pts, item.duration)
-            last_rgb = item.rgb_out
-        elif isinstance(item, _Bridge):
-            if last_rgb is None:
-                waiting.append(item)
-            else:
-                encode(rgb_to_encoder_frame(last_rgb, pix_fmt), item.pts, item.duration)
-        else:
-            packet = item.packet
+    others = [inp.streams[i] for i in routes]
+    if others:
+        demuxer = inp.demux(others)
+        while True:
+            try:
+                packet = next(demuxer)
+            except StopIteration:
+                break
+            except av.FFmpegError:
+                break  # a truncated input: its end was noted when the video was read
+            if not (packet.size or routes[packet.stream.index].transcode):
+                continue
+            when = packet.dts if packet.dts is not None else packet.pts
+            if when is not None and packet.time_base is not None:
+                video_until(when * packet.time_base)
             if packet.pts is not None and packet.time_base is not None:
                 earliest = min(earliest, packet.pts * packet.time_base)
             _mux_other(out, packet, routes[packet.stream.index])
+    video_until(None)
     if earliest < 0 and out.format.name == "matroska":
         report.notes.append(
             f"a copied stream starts at {float(earliest) * 1000:.0f} ms (e.g. AAC priming); Matroska cannot store "
             "negative times, so every stream was shifted later by that much (in sync)"
         )
     try:
-        mux_video(vout.encode(None))
         for route in routes.values():
             if route.transcode and route.out.type == "audio":
                 for packet in route.out.encode(None):
                     out.mux(packet)
     except av.FFmpegError as exc:
         raise VideoError(f"cannot encode: {_reason(exc)}") from exc
-    return end
+    tb_out = vout.time_base
+    if tb_out != vin.time_base and (vin.time_base / tb_out).denominator != 1:
+        report.notes.append(f"the {fmt} muxer stores time in units of {tb_out}: timestamps were rounded to it")
+
+
+def _mux_packet(out, packet: av.Packet) -> None:
+    try:
+        out.mux(packet)
+    except av.FFmpegError as exc:
+        raise VideoError(f"cannot write: {_reason(exc)}") from exc
+    except OSError as exc:
+        raise VideoError(f"cannot write: {_os_reason(exc)}") from exc
 
 
 def _mux_other(out, packet: av.Packet, route: _Route) -> None:
@@ -1027,13 +1325,6 @@ def _mux_other(out, packet: av.Packet, route: _Route) -> None:
 # ---------------------------------------------------------------------------------------------
 # Small helpers
 # ---------------------------------------------------------------------------------------------
-
-
-def _temporary_name(dst: Path) -> Path:
-    stem = dst.name
-    while len(os.fsencode(stem)) > 200:
-        stem = stem[:-1]
-    return dst.with_name(f".{stem}.tmp-{secrets.token_hex(4)}{dst.suffix}")
 
 
 def _reason(exc: BaseException) -> str:

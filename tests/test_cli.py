@@ -314,3 +314,108 @@ def test_eval_videos_that_do_not_match_exit_2_with_one_line(tmp_path, result_fra
     r = runner.invoke(app, ["eval", str(result), str(truth)])
     assert r.exit_code == 2
     assert r.stderr.strip() == message and r.stdout == ""
+
+
+# --------------------------------------------------------------------------------------------
+# --saturation
+# --------------------------------------------------------------------------------------------
+
+
+def test_saturation_scales_colourfulness_and_keeps_lightness(tmp_path):
+    from skimage import data
+    from skimage.color import rgb2lab
+
+    from tests.test_video import decode_rgb, make_clip
+
+    truth = tmp_path / "truth" / "astronaut.png"
+    truth.parent.mkdir()
+    assert cv2.imwrite(str(truth), cv2.resize(data.astronaut(), (160, 160), interpolation=cv2.INTER_AREA)[..., ::-1])
+    colourfulness = {}
+    for s in ("0", "0.5", "1", "1.5"):
+        out = tmp_path / f"s{s}"
+        assert invoke(truth, "-o", out / "astronaut.png", "--model", "classification", "--saturation", s).exit_code == 0
+        r = runner.invoke(app, ["eval", str(out), str(truth.parent), "--json", "--no-classifier"])
+        assert r.exit_code == 0, r.output
+        summary = json.loads(r.stdout)["summary"]
+        assert summary["lightness_error"] < 0.5  # the input's L (8-bit rounding only), whatever S is
+        colourfulness[s] = summary["colourfulness"]
+    assert colourfulness["1.5"] > 1.2 * colourfulness["1"] > 1.2 * 1.2 * colourfulness["0.5"]
+    assert colourfulness["0.5"] > 5 * colourfulness["0"]
+    gray = rgb2lab(cv2.imread(str(tmp_path / "s0" / "astronaut.png"))[..., ::-1] / 255.0)
+    assert np.abs(gray[..., 1:]).max() < 1.0  # S = 0: neutral gray
+    # Films take their colour from the same place.
+    clip = tmp_path / "film.mp4"
+    make_clip(clip, n=6, size=(64, 48))
+    assert invoke(clip, "-o", tmp_path / "gray.mp4", "--saturation", "0", "--crf", "0").exit_code == 0
+    frames = np.stack(decode_rgb(tmp_path / "gray.mp4"))
+    assert np.abs(rgb2lab(frames)[..., 1:]).max() < 3.0  # 4:2:0 and YUV rounding of a gray
+    # Negative (or not a number): one line, exit 2, nothing written.
+    for bad in ("-0.5", "nan"):
+        r = invoke(truth, "-o", tmp_path / "bad.png", "--saturation", bad)
+        assert r.exit_code == 2 and r.stderr.count("\n") == 1 and "--saturation" in r.stderr
+        assert not (tmp_path / "bad.png").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# colorize sheet
+# --------------------------------------------------------------------------------------------
+
+
+def test_sheet_is_a_grid_of_what_its_labels_give(tmp_path):
+    from skimage import data
+
+    src = tmp_path / "rocket.png"
+    assert cv2.imwrite(str(src), cv2.cvtColor(cv2.resize(data.rocket(), (96, 64)), cv2.COLOR_RGB2GRAY))
+    out = tmp_path / "out" / "sheet.png"
+    args = ["sheet", src, "-o", out, "--models", "regression,classification", "--sizes", "32,64"]
+    r = invoke(*args, "--temperatures", "0.3,1", "--cell", "80", "--backend", "cpu")
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in out.parent.iterdir()] == ["sheet.png"]  # written atomically, no leftovers
+    sheet = cv2.imread(str(out))
+    assert sheet.shape[0] < 3 * 200 and sheet.shape[1] < 2 * 420  # bounded cells: 3 rows x 2 columns
+    # Each cell is what `colorize PHOTO <its label>` gives, on a 3 x 2 grid in label order.
+    rows = ["--model regression", "--model classification --temperature 0.3", "--model classification --temperature 1"]
+    where = []
+    for row in rows:
+        for size in (32, 64):
+            single = tmp_path / f"{len(where)}.png"
+            flags = [*row.split(), "--working-size", str(size)]
+            assert invoke(src, "-o", single, *flags, "--backend", "cpu").exit_code == 0
+            want = cv2.resize(cv2.imread(str(single)), (80, 53), interpolation=cv2.INTER_AREA)
+            score = cv2.matchTemplate(sheet, want, cv2.TM_SQDIFF)
+            _, _, (x, y), _ = cv2.minMaxLoc(score)
+            diff = np.abs(sheet[y : y + 53, x : x + 80].astype(int) - want).max()
+            assert diff <= 2, (row, size, diff)
+            where.append((x, y))
+    xs, ys = sorted({x for x, _ in where}), sorted({y for _, y in where})
+    assert len(xs) == 2 and len(ys) == 3
+    assert where == [(x, y) for y in ys for x in xs]  # engines down, sizes across
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["--models", "regression,nope"], 2, "unknown model 'nope'"),
+        (["--sizes", "64,eight"], 2, "--sizes: 'eight' is not a whole number"),
+        (["--sizes", "8"], 2, "--sizes: 8 is outside 16..4096"),
+        (["--temperatures", "0"], 2, "--temperatures: 0.0 is outside 0.01..10.0"),
+    ],
+)
+def test_sheet_bad_options_are_one_line(tmp_path, args, code, message):
+    r = invoke("sheet", _photo(tmp_path / "a.png"), "-o", tmp_path / "s.png", *args)
+    assert r.exit_code == code and r.stderr.count("\n") == 1 and message in r.stderr, r.output
+    assert not (tmp_path / "s.png").exists()
+
+
+def test_sheet_bad_inputs_are_one_line(tmp_path):
+    (tmp_path / "notes.jpg").write_text("not a photo")
+    for photo, code in ((tmp_path / "missing.png", 1), (tmp_path / "notes.jpg", 1)):
+        r = invoke("sheet", photo, "-o", tmp_path / "s.png", "--models", "regression", "--sizes", "32")
+        assert r.exit_code == code and r.stderr.count("\n") == 1 and photo.name in r.stderr, r.output
+    r = invoke("sheet", _photo(tmp_path / "a.png"), "-o", tmp_path / "s.txt")
+    assert r.exit_code == 2 and "unsupported output format" in r.stderr
+    existing = tmp_path / "kept.png"
+    existing.write_bytes(b"mine")
+    r = invoke("sheet", tmp_path / "a.png", "-o", existing)
+    assert r.exit_code == 1 and "--overwrite" in r.stderr and existing.read_bytes() == b"mine"
+    assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.txt").exists()

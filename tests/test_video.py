@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 import threading
 import time
 from fractions import Fraction
@@ -576,3 +583,128 @@ def test_bad_options_are_refused():
         VideoOptions(smoothing="magic")
     with pytest.raises(ValueError):
         VideoOptions(strength=1.5)
+
+
+# --- interruption and --resume ------------------------------------------------------------------
+
+SEGMENTED = VideoOptions(crf=1, batch_size=4, segment_seconds=0.25)  # 8 frames a segment at 29.97 fps
+
+
+def _partial(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.colorize-partial")
+
+
+def _stream_packets(path: Path) -> dict[str, list[tuple[bytes, int, int, int]]]:
+    with av.open(str(path)) as c:
+        packets = {"video": [], "audio": []}
+        for p in c.demux():
+            if p.size:
+                packets[p.stream.type].append((bytes(p), p.pts, p.dts, p.duration))
+        return packets
+
+
+def _timing(path: Path) -> tuple:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        return v.frames, v.time_base, v.average_rate, v.duration, c.duration, [s.type for s in c.streams]
+
+
+def test_segments_change_no_pixel_and_cost_little_encoding_error(tmp_path, engine):
+    """Segmenting restarts the encoder (a keyframe each segment) and nothing else: losslessly encoded,
+    one segment and many give the same pixels; at the default quality the error against that lossless
+    film grows by little."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, n=40)
+    runs = {}
+    for name, crf, seconds in [("one0", 0, 100.0), ("many0", 0, 0.25), ("one", 18, 100.0), ("many", 18, 0.25)]:
+        dst = tmp_path / f"{name}.mp4"
+        colorize_video(src, dst, engine.predict_ab, VideoOptions(crf=crf, batch_size=4, segment_seconds=seconds))
+        runs[name] = np.stack(decode_rgb(dst))
+    np.testing.assert_array_equal(runs["one0"], runs["many0"])
+    error = {k: np.abs(runs[k] - runs["one0"]).mean() * 255 for k in ("one", "many")}
+    assert error["many"] < 1.25 * error["one"] + 0.1, error
+
+
+def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine):
+    src = tmp_path / "in.mp4"
+    make_clip(src, n=40, audio="aac")
+    ref, dst = tmp_path / "ref.mp4", tmp_path / "out.mp4"
+    colorize_video(src, ref, engine.predict_ab, SEGMENTED)
+
+    def stop_at_20(done: int, total: int | None) -> None:
+        if done == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        colorize_video(src, dst, engine.predict_ab, SEGMENTED, progress=stop_at_20, engine_key={"e": 1})
+    assert not dst.exists() and (_partial(dst) / "manifest.json").is_file()
+    # Without --resume, or with other settings or another input: refused, the work kept.
+    kept = sorted(p.name for p in _partial(dst).iterdir())
+    assert kept == ["manifest.json", "segment-000000.bin", "segment-000001.bin", "state-000001.npz"]
+    for options, key, message in [
+        (SEGMENTED, {"e": 1}, "add --resume"),
+        (VideoOptions(crf=2, batch_size=4, segment_seconds=0.25), {"e": 1}, "other settings"),
+        (SEGMENTED, {"e": 2}, "other settings"),
+    ]:
+        with pytest.raises(VideoError, match=message):
+            colorize_video(src, dst, engine.predict_ab, options, resume=message != "add --resume", engine_key=key)
+    assert sorted(p.name for p in _partial(dst).iterdir()) == kept and not dst.exists()
+    seen = []
+    report = colorize_video(
+        src, dst, engine.predict_ab, SEGMENTED, lambda d, t: seen.append(d), resume=True, engine_key={"e": 1}
+    )
+    assert report.resumed_frames == 16 and report.frames == 40
+    assert seen == list(range(16, 41))  # progress starts at the frames already done
+    assert not _partial(dst).exists()
+    assert _stream_packets(dst) == _stream_packets(ref)  # every packet, video and audio, and its timing
+    assert _timing(dst) == _timing(ref) == _timing(src)
+
+
+def test_a_changed_input_is_not_resumed(tmp_path):
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mkv"
+    make_clip(src, n=30)
+
+    def stop(done: int, total: int | None) -> None:
+        if done == 20:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        colorize_video(src, dst, constant_ab(5, 5), SEGMENTED, progress=stop)
+    os.utime(src, ns=(src.stat().st_atime_ns, src.stat().st_mtime_ns + 10**9))
+    with pytest.raises(VideoError, match="another version of the input"):
+        colorize_video(src, dst, constant_ab(5, 5), SEGMENTED, resume=True)
+    shutil.rmtree(_partial(dst))  # what the message says to do
+    assert colorize_video(src, dst, constant_ab(5, 5), SEGMENTED, resume=True).resumed_frames == 0
+
+
+def test_sigkill_mid_film_then_resume(tmp_path):
+    """The real thing: the CLI killed with SIGKILL after a few segments, then run again with --resume."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, n=150, audio="aac")  # 5 s, 19 segments
+    ref, dst = tmp_path / "ref.mp4", tmp_path / "out.mp4"
+    cli = [sys.executable, "-m", "colorcli", str(src), "--backend", "cpu", "--segment-seconds", "0.25", "--json"]
+    root = Path(__file__).resolve().parents[1]
+    subprocess.run([*cli, "-o", str(ref)], cwd=root, check=True, capture_output=True)
+    run = subprocess.Popen([*cli, "-o", str(dst)], cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    manifest = _partial(dst) / "manifest.json"
+    deadline = time.monotonic() + 120
+    while run.poll() is None and time.monotonic() < deadline:
+        with contextlib.suppress(OSError, ValueError):
+            if len(json.loads(manifest.read_text())["segments"]) >= 3:
+                break
+        time.sleep(0.005)
+    run.kill()
+    run.communicate()
+    assert run.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not dst.exists() and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [_partial(dst).name]
+    done = json.loads(manifest.read_text())["segments"]
+    r = subprocess.run([*cli, "-o", str(dst)], check=False, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 1 and "--resume" in json.loads(r.stdout)["error"] and not dst.exists()
+    r = subprocess.run([*cli, "-o", str(dst), "--resume"], check=False, cwd=root, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    record = json.loads(r.stdout)
+    resumed = sum(seg["frames"] for seg in done)
+    assert record["notes"] == [f"resumed: {resumed} of 150 frames were done by an earlier run"] and resumed >= 24
+    assert not _partial(dst).exists()
+    assert _stream_packets(dst) == _stream_packets(ref)
+    assert _timing(dst) == _timing(ref) == _timing(src)
