@@ -472,7 +472,9 @@ def sheet(
     backend: Annotated[BackendChoice, typer.Option(help="Where the engines run.")] = BackendChoice.auto,
     overwrite: Annotated[bool, typer.Option(help="Replace the sheet if it exists.")] = False,
 ) -> None:
-    """One labelled image of PHOTO under every engine, working size and (classification) temperature;
+    """Contact sheet of PHOTO under each engine and setting: `colorize sheet photo.jpg -o sheet.png`.
+
+    One labelled image of the photo under every engine, working size and (classification) temperature;
     each label is the flags that give that picture with `colorize PHOTO ...`."""
     import numpy as np
 
