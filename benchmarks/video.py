@@ -312,7 +312,7 @@ def main() -> None:
         ]
         floor_fps = speed["floor"][0]
         lines += [
-            f"## Speed on {clip_desc} (median of {args.repeat})",
+            f"## Speed on {clip_desc} (median of {args.repeat}; of two, the faster)",
             "",
             "| run | frames/s | vs floor | CPU ms/frame |",
             "|---|---:|---:|---:|",
