@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 
+import numpy as np
 import torch
 
 # D65 white point, CIE 1931 2-degree observer (scikit-image's "D65", "2").
@@ -325,3 +326,96 @@ def rgb_u8_to_lightness(rgb_u8: torch.Tensor) -> torch.Tensor:
     wr, wg, wb = _RGB_TO_XYZ[1]
     y = (wr * r + wg * g + wb * b).unsqueeze(-3)
     return torch.where(y > _EPS, 116 * y.clamp(min=_EPS) ** (1 / 3) - 16, _KAPPA * y)
+
+
+def rgb_u8_hwc_to_lightness(rgb_u8: np.ndarray) -> np.ndarray:
+    """CIELAB L ``(H, W)`` float32 of 8-bit sRGB ``(H, W, 3)`` uint8 laid out channels-last (a decoded
+    video frame): ``rgb_u8_to_lightness`` without the int64 gather and the branch, for the film path.
+
+    The linearisation is a per-level table (``cv2.LUT``), the luminance one ``cv2.transform``, and the
+    CIE f a branch-free ``116 * cbrt(max(Y, eps)) - 16 + kappa * min(Y - eps, 0)``: the two segments
+    meet at eps (both give 8), so this is the piecewise formula exactly.
+    """
+    import cv2  # the film path's dependency; training and photo callers need not load it
+
+    lin = cv2.LUT(np.ascontiguousarray(rgb_u8), _u8_table("linear").numpy())
+    y = cv2.transform(lin, np.float32([_RGB_TO_XYZ[1]]))  # (H, W)
+    root = cv2.pow(cv2.max(y, _EPS), 1 / 3)
+    below = cv2.subtract(cv2.min(y, _EPS, dst=y), _EPS, dst=y)
+    return cv2.addWeighted(root, 116.0, below, _KAPPA, -16.0)
+
+
+def gray_u8_lightness_table(levels: np.ndarray) -> np.ndarray:
+    """For a decoder's luma level -> gray RGB level mapping ``levels`` (256 uint8), the CIELAB L of each
+    luma level (256 float32): gray video frames go straight from their Y plane to L with one ``cv2.LUT``."""
+    return _u8_table("gray_l").numpy()[levels]
+
+
+def lab_hwc_to_rgb_u8_keep_lightness(l: np.ndarray, ab: np.ndarray, steps: int = 6) -> np.ndarray:
+    """``lab_to_rgb_keep_lightness`` rounded to 8 bits for channels-last NumPy frames, by OpenCV: L
+    ``(H, W)`` and ab ``(H, W, 2)`` float32 -> sRGB ``(H, W, 3)`` uint8. The film path.
+
+    The same steps as ``_lab_to_rgb_u8_keep_lightness``, each one OpenCV pass: f(L, a, b) is one
+    affine ``cv2.transform``, the CIE f^-1 the same branch-free tangent form, the gamut test one
+    ``cv2.inRange``; only out-of-gamut pixels go through the bisection (``_shrink_into_gamut``,
+    shared). The sRGB encoding is the piecewise curve computed branch-free,
+    ``1.055 * max(x, c)^(1/2.4) - 0.055 + 12.92 * min(x - c, 0)`` (the segments meet at c), rounded by
+    ``cv2.convertScaleAbs``: equal to the table path except where a value lies within float rounding
+    of a level boundary. The passes run over bands of rows that stay in the CPU cache.
+    """
+    import cv2  # the film path's dependency
+
+    h, w = l.shape
+    l = np.ascontiguousarray(l, dtype=np.float32)
+    ab = np.ascontiguousarray(ab, dtype=np.float32)
+    lin = np.empty((h, w, 3), np.float32)
+    out = np.empty((h, w, 3), np.uint8)
+    rows = [
+        slice(y, y + max(1, _CACHE_BAND_VALUES // (3 * w))) for y in range(0, h, max(1, _CACHE_BAND_VALUES // (3 * w)))
+    ]
+    outside = []
+    for r in rows:
+        _lab_to_linear_hwc(cv2, l[r], ab[r], lin[r])
+        inside = cv2.inRange(lin[r], (_LIN_MIN,) * 3, (_LIN_MAX,) * 3)
+        outside.append(np.flatnonzero(inside.reshape(-1) == 0) + r.start * w)
+    outside = np.concatenate(outside)
+    if outside.size:  # a small fraction of a frame, in one batch
+        l_px = torch.from_numpy(l.reshape(-1)[outside][None, None, :])  # (1, 1, K)
+        ab_px = torch.from_numpy(ab.reshape(-1, 2)[outside].T[:, None, :].copy())  # (2, 1, K)
+        lin.reshape(-1, 3)[outside] = _shrink_into_gamut(l_px, ab_px, steps)[:, 0, :].T.numpy()
+    for r in rows:
+        _linear_to_srgb_u8_hwc(cv2, lin[r], out[r])
+    return out
+
+
+# Rows per band of a channels-last frame for the element-wise passes: a band's float32 temporaries
+# (about 64 K values) stay in the CPU's cache, where a whole 854x480 frame (1.2 M values) would stream
+# from memory on each of a dozen passes.
+_CACHE_BAND_VALUES = 1 << 16
+
+
+def _lab_to_linear_hwc(cv2, l: np.ndarray, ab: np.ndarray, dst: np.ndarray) -> None:
+    """``_lab_to_linear`` for channels-last bands, into ``dst (h, w, 3)``."""
+    h, w = l.shape
+    flat = (h, w * 3)  # element-wise steps on a one-channel view: OpenCV applies a scalar to channel 0 only
+    f = cv2.transform(cv2.merge((l, ab)), _LAB_TO_F).reshape(flat)
+    g = cv2.max(f, _F_SWITCH)
+    d = cv2.subtract(f, g, dst=f)  # <= 0: the distance below the switch
+    t = cv2.scaleAdd(d, _F_SLOPE, cv2.multiply(cv2.multiply(g, g), g, dst=g), dst=d)
+    cv2.transform(t.reshape(h, w, 3), _xyz_over_white_to_linear(torch.float32, torch.device("cpu")).numpy(), dst=dst)
+
+
+def _linear_to_srgb_u8_hwc(cv2, lin: np.ndarray, dst: np.ndarray) -> None:
+    """Linear light (clipped to [0, 1]) -> 8-bit sRGB for channels-last bands, into ``dst``; overwrites ``lin``."""
+    h, w = lin.shape[:2]
+    lin = lin.reshape(h, w * 3)
+    lin = cv2.min(cv2.max(lin, 0.0, dst=lin), 1.0, dst=lin)
+    knee = 0.0031308
+    low = cv2.subtract(cv2.min(lin, knee), knee)
+    high = cv2.pow(cv2.max(lin, knee, dst=lin), 1 / 2.4, dst=lin)
+    srgb = cv2.addWeighted(high, 1.055 * 255, low, 12.92 * 255, -0.055 * 255, dst=high)
+    cv2.convertScaleAbs(srgb, dst=dst.reshape(h, w * 3))
+
+
+# f = (L + 16) / 116 + (a / 500, 0, -b / 200), as an affine map of (L, a, b) for cv2.transform.
+_LAB_TO_F = np.float32([[1 / 116, 1 / 500, 0, 16 / 116], [1 / 116, 0, 0, 16 / 116], [1 / 116, 0, -1 / 200, 16 / 116]])

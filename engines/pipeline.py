@@ -11,6 +11,7 @@ from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.nn import functional as F
@@ -32,8 +33,16 @@ _BAND_PIXELS = 2_000_000
 
 
 def _box(x: torch.Tensor, r: int) -> torch.Tensor:
-    """Mean over a (2r+1)^2 window, edges handled by replication. ``x (N, C, H, W)``."""
-    return F.avg_pool2d(F.pad(x, (r, r, r, r), mode="replicate"), 2 * r + 1, stride=1)
+    """Mean over a (2r+1)^2 window, edges handled by replication. ``x (N, C, H, W)`` float32 on the CPU.
+
+    OpenCV's running-sum box filter per plane (``BORDER_REPLICATE``): the same as ``avg_pool2d`` of
+    the replicate-padded planes up to float rounding, and 10-20x faster at working sizes.
+    """
+    planes = x.detach().float().reshape(-1, *x.shape[-2:]).contiguous().numpy()
+    out = np.empty_like(planes)
+    for plane, dst in zip(planes, out):
+        cv2.blur(plane, (2 * r + 1, 2 * r + 1), dst=dst, borderType=cv2.BORDER_REPLICATE)
+    return torch.from_numpy(out).view(x.shape)
 
 
 def guided_upsample(
@@ -46,15 +55,23 @@ def guided_upsample(
     with L the fit is flat and this equals plain bilinear upsampling.
     ``l_small (1, 1, h, w)``, ``ab_small (1, 2, h, w)``, ``l_full (1, 1, H, W)``, L in [0, 100].
     """
-    i_small, i_full = l_small / 100, l_full / 100
+    i_small = l_small / 100
     mean_i, mean_p = _box(i_small, r), _box(ab_small, r)
     cov = _box(i_small * ab_small, r) - mean_i * mean_p
     var = _box(i_small * i_small, r) - mean_i * mean_i
     a = cov / (var + eps)
     b = mean_p - a * mean_i
-    size = l_full.shape[-2:]
-    a, b = (F.interpolate(_box(t, r), size=size, mode="bilinear", align_corners=False) for t in (a, b))
-    return a * i_full + b
+    # Full size: OpenCV's bilinear resize (the same half-pixel grid as F.interpolate with
+    # align_corners=False) on channels-last coefficients, then a * L + b, 3-5x faster than torch's
+    # planar upsampling on the CPU. The 1/100 of L is folded into a at the small size.
+    a, b = (_box(t, r).permute(0, 2, 3, 1).contiguous().numpy() for t in (a / 100, b))
+    n, (h, w) = l_full.shape[0], l_full.shape[-2:]
+    out = torch.empty((n, h, w, 2), dtype=torch.float32)
+    for k in range(n):
+        l2 = np.ascontiguousarray(l_full[k, 0], dtype=np.float32)
+        full_a = cv2.multiply(cv2.resize(a[k], (w, h), interpolation=cv2.INTER_LINEAR), cv2.merge((l2, l2)))
+        cv2.add(full_a, cv2.resize(b[k], (w, h), interpolation=cv2.INTER_LINEAR), dst=out[k].numpy())
+    return out.permute(0, 3, 1, 2)  # (N, 2, H, W), laid out channels-last (what the film smoother takes)
 
 
 class Colorizer:
@@ -110,8 +127,9 @@ class Colorizer:
         l_in = F.pad(color.input_from_lightness(l_small, self.color_space), (0, pw, 0, ph), mode="replicate")
         if self.noise_input:
             l_in = gan.with_noise(l_in, self.seed)
-        # (The CUDA runner copies host tensors itself, from pinned memory.)
-        ab_work = self.decode(self.model(l_in).float().cpu())
+        # (The CUDA runner copies host tensors itself, from pinned memory.) Contiguous: a channels-last
+        # output would carry its layout into the full-size interpolation, measured 5x slower there.
+        ab_work = self.decode(self.model(l_in).float().cpu().contiguous())
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
         ab_small = color.chroma_to_ab(l_small, ab_work[..., :sh, :sw], self.color_space)
@@ -172,6 +190,9 @@ def load_colorizer(
     elif backend.name in ("cpu", "cpu-fastest"):
         # Channels-last (NHWC) lets oneDNN pick its fastest convolutions: 1.2-1.6x measured on this CPU.
         net = net.to(memory_format=torch.channels_last)
+        if runtime.cpu_has_fast_bf16():  # AMX / AVX-512 BF16 only; float32 elsewhere (unverified speed)
+            net = runtime.Bf16Model(net)
+            notes = (*notes, "cpu: bf16 autocast (the CPU has native bf16)")
     if backend.name == "cpu-fastest":
         net, note = runtime.cpu_choice(net, trt_backend.file_sha256(path), size)
         notes = (*notes, note)

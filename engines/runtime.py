@@ -40,18 +40,6 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
-def cpu_bf16_native() -> bool:
-    """Whether this CPU does bfloat16 matrix maths in hardware (AVX-512 BF16 or AMX), where bf16 runs
-    convolutions faster than float32. Elsewhere oneDNN emulates bf16 and it is slower (measured on an
-    AVX2-only EPYC: see benchmarks/results/training_throughput.md). Linux flags; False elsewhere."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
 @dataclass(frozen=True)
 class Backend:
     name: str  # "tensorrt", "cuda", "onnxruntime", "cpu", or "cpu-fastest" (auto on a machine without GPU)
@@ -270,7 +258,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
     speedup = known.get(key)
     how = "cached measurement"
     if not isinstance(speedup, (int, float)):
-        ort_model = OnnxRuntimeModel(net, weights_sha256)
+        ort_model = OnnxRuntimeModel(net.net if isinstance(net, Bf16Model) else net, weights_sha256)  # float32
         side = -(-working_size // net.multiple) * net.multiple
         x = torch.zeros(1, net.config.in_channels, side, side)
         with torch.inference_mode():
@@ -286,9 +274,71 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
         except OSError:
             pass  # a read-only cache only costs the measurement next time
     if speedup >= ORT_MIN_SPEEDUP:
-        ort_model = ort_model or OnnxRuntimeModel(net, weights_sha256)
+        ort_model = ort_model or OnnxRuntimeModel(net.net if isinstance(net, Bf16Model) else net, weights_sha256)
         return ort_model, f"onnxruntime picked: {speedup:.2f}x PyTorch's speed on this CPU at {working_size} ({how})"
     return net, (
         f"cpu (PyTorch) picked: onnxruntime only {speedup:.2f}x PyTorch's speed at {working_size}, "
         f"below {ORT_MIN_SPEEDUP}x ({how})"
     )
+
+
+# glibc's mallopt parameters.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+# Blocks below this come from the heap, not from a fresh mmap (32 MiB: glibc's largest allowed value).
+_MMAP_THRESHOLD = 32 << 20
+# Free memory at the top of the heap kept for reuse rather than given back to the system.
+_TRIM_THRESHOLD = 512 << 20
+
+
+def retain_freed_memory() -> bool:
+    """Let this process reuse the memory of freed frame-sized arrays instead of mapping fresh pages.
+
+    By default glibc serves every block above 128 KiB-32 MiB (its adaptive threshold) with its own
+    mmap and unmaps it when freed, so each full-frame temporary (a 854x480 float32 plane is 1.6 MB)
+    costs a page fault per 4 KiB on first touch: measured here as up to half the time of the per-frame
+    colour work (compose: 115 -> 64 ms a frame under load). Raising the mmap and trim thresholds keeps
+    the freed blocks in the heap, so peak memory is what it was and the faults go. Process-wide, and a
+    no-op (False) where the C library is not glibc.
+    """
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+
+
+# bf16 against float32, largest |ab| difference allowed (CIELAB units), tested on a small input on any
+# CPU (tests/test_runtime.py): measured max 0.11 (regression), 0.51 (classification), 1.08 (gan) on
+# a 128x128 photo; bf16 keeps 8 bits of mantissa against float16's 11.
+BF16_MAX_AB_DIFF = 3.0
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU computes bf16 matrix products natively (AMX or AVX-512 BF16): there oneDNN
+    runs bf16 convolutions faster than float32. Elsewhere (AVX2, as on our 2-core machines) bf16 is
+    emulated and several times slower, so float32 is used. From /proc/cpuinfo's flags (Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+class Bf16Model(torch.nn.Module):
+    """The network under CPU autocast to bfloat16, float32 out. UNVERIFIED for speed: written on a CPU
+    without native bf16 (AVX2 only), where it is correct but slow; its ab difference from float32 is
+    bounded by ``BF16_MAX_AB_DIFF`` in tests on any CPU."""
+
+    def __init__(self, net: torch.nn.Module):
+        super().__init__()
+        self.net = net
+        self.multiple = net.multiple
+        self.config = net.config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.net(x).float()

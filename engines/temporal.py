@@ -29,7 +29,12 @@ prediction is used as it is. Only ab is touched, never L.
 then softened by a 3x3 box filter so that mask edges do not print as seams.
 
 Flow is computed on L downscaled to a long side of at most ``FLOW_LONG_SIDE`` pixels (chroma is
-low-frequency; at 320 px DIS "ultrafast" costs about a millisecond per frame) and upsampled.
+low-frequency; at 320 px DIS "ultrafast" costs about a millisecond per frame), and the blend runs at
+that size too: with ``down`` an area downscale and ``up`` a bilinear upscale, the output is
+``ab_pred_t + up(w * m * (warp(down(ab_out_{t-1})) - down(ab_pred_t)))``: only the correction is
+upsampled, so the output keeps the current prediction's full-size detail, and the recursion carries
+the flow-sized output. (Until 2026-12 the warp and blend ran at full size; the warping error and ab
+error of both are in benchmarks/results/video.md.)
 
 Scene cuts: blending across a cut would paint the new shot with the old shot's colours. A cut is
 declared when the lightness histograms of consecutive frames (32 bins over L in [0, 100], of the
@@ -89,6 +94,13 @@ def resize_long_side(img: np.ndarray, long_side: int) -> np.ndarray:
         return img
     size = (max(1, round(w * scale)), max(1, round(h * scale)))
     return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+
+def _resize_to(img: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """``img`` resized to ``size`` (rows, columns); itself when it already has that size."""
+    if img.shape[:2] == tuple(size):
+        return img
+    return cv2.resize(img, (size[1], size[0]), interpolation=interpolation)
 
 
 def make_dis(preset: int = cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST) -> cv2.DISOpticalFlow:
@@ -181,59 +193,64 @@ class ChromaSmoother:
         """Forget the past: the next frame is used as predicted."""
         self._prev_small: np.ndarray | None = None
         self._prev_hist: np.ndarray | None = None
-        self._prev_ab: np.ndarray | None = None
+        self._prev_ab: np.ndarray | None = None  # the previous output ab at flow size
+        self._prev_shape: tuple[int, ...] | None = None  # and at full size, its shape
 
     def get_state(self) -> dict[str, np.ndarray]:
         """Everything ``step`` depends on, as arrays (for saving); ``set_state`` puts it back."""
         if self._prev_ab is None:
             return {"cuts": np.int64(self.cuts)}
-        return {"cuts": np.int64(self.cuts), "small": self._prev_small, "hist": self._prev_hist, "ab": self._prev_ab}
+        return {
+            "cuts": np.int64(self.cuts),
+            "small": self._prev_small,
+            "hist": self._prev_hist,
+            "ab": self._prev_ab,
+            "shape": np.asarray(self._prev_shape, np.int64),
+        }
 
     def set_state(self, state: dict[str, np.ndarray]) -> None:
         self.cuts = int(state["cuts"])
         self._prev_small, self._prev_hist, self._prev_ab = (state.get(k) for k in ("small", "hist", "ab"))
+        shape = state.get("shape")
+        self._prev_shape = None if shape is None else tuple(int(n) for n in shape)
 
     def step(self, l: np.ndarray, ab: np.ndarray) -> np.ndarray:
-        h, w = l.shape
         small = lightness_u8(resize_long_side(np.ascontiguousarray(l, dtype=np.float32), self.flow_long_side))
         hist = lightness_histogram(small)
-        prev_small, prev_hist, prev_ab = self._prev_small, self._prev_hist, self._prev_ab
-        out = ab
-        if prev_ab is not None and prev_ab.shape == ab.shape and self.strength > 0:
-            if cut_score(hist, prev_hist) > self.scene_cut_threshold:
+        ab = np.ascontiguousarray(ab, dtype=np.float32)
+        ab_small = _resize_to(ab, small.shape)
+        out, out_small = ab, ab_small
+        if self._prev_ab is not None and self._prev_shape == ab.shape and self.strength > 0:
+            if cut_score(hist, self._prev_hist) > self.scene_cut_threshold:
                 self.cuts += 1
             else:
-                out = self._blend(small, prev_small, ab, prev_ab, h, w)
-        self._prev_small, self._prev_hist, self._prev_ab = small, hist, out
+                correction = self._correction(small, ab_small)
+                out_small = cv2.add(ab_small, correction)
+                out = cv2.add(ab, _resize_to(correction, ab.shape[:2], cv2.INTER_LINEAR))
+        self._prev_small, self._prev_hist, self._prev_ab, self._prev_shape = small, hist, out_small, ab.shape
         return out
 
-    def _blend(
-        self, small: np.ndarray, prev_small: np.ndarray, ab: np.ndarray, prev_ab: np.ndarray, h: int, w: int
-    ) -> np.ndarray:
+    def _correction(self, small: np.ndarray, ab_small: np.ndarray) -> np.ndarray:
+        """``w * m * (warp(previous output) - prediction)``, all at flow size.
+
+        The blend runs at flow size and only this correction is upsampled and added to the full-size
+        prediction: the motion, the mask and the previous output are all flow-sized anyway, so the
+        full-size warp of the previous output added nothing but its upsampled detail (and most of the
+        time). The output keeps the current prediction's full-size detail.
+        """
         sh, sw = small.shape
-        small_grid = self._grid_for(sh, sw)
-        flow_b = dense_flow(small, prev_small, self._dis)  # this frame -> previous
-        flow_f = dense_flow(prev_small, small, self._dis)  # previous -> this frame
-        ok = consistency_mask(flow_b, flow_f, grid=small_grid)
+        grid = self._grid_for(sh, sw)
+        flow_b = dense_flow(small, self._prev_small, self._dis)  # this frame -> previous
+        flow_f = dense_flow(self._prev_small, small, self._dis)  # previous -> this frame
+        ok = consistency_mask(flow_b, flow_f, grid=grid)
         # Photometric check, robust to global flicker: the median difference is removed first.
-        diff = small.astype(np.float32) - warp(prev_small.astype(np.float32), flow_b, small_grid)
+        diff = small.astype(np.float32) - warp(self._prev_small.astype(np.float32), flow_b, grid)
         diff -= np.median(diff[::2, ::2])
         ok &= np.abs(diff) <= PHOTO_TOLERANCE * 2.55
         mask = cv2.blur(ok.astype(np.float32), (3, 3))
-        # Weighted, and given a channel per ab channel, at the small size (resizing is linear).
         mask *= self.strength
-        mask = cv2.merge((mask, mask))
-        if (sh, sw) != (h, w):
-            flow_b *= np.float32([w / sw, h / sh])  # to full-size pixels, before resizing: fewer values
-            flow_b = cv2.resize(flow_b, (w, h), interpolation=cv2.INTER_LINEAR)
-            mask = cv2.resize(mask, (w, h), interpolation=cv2.INTER_LINEAR)
-        out = warp(prev_ab, flow_b, self._grid_for(h, w))
-        # out = ab + strength * mask * (warped - ab), in place; OpenCV's element-wise ops beat NumPy's here.
-        ab = np.ascontiguousarray(ab, dtype=np.float32)
-        cv2.subtract(out, ab, dst=out)
-        cv2.multiply(out, mask, dst=out)
-        cv2.add(out, ab, dst=out)
-        return out
+        correction = cv2.subtract(warp(self._prev_ab, flow_b, grid), ab_small)
+        return cv2.multiply(correction, cv2.merge((mask, mask)), dst=correction)
 
     def _grid_for(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
         grid = self._grids.get((h, w))

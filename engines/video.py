@@ -85,11 +85,12 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import torch
 from av.video.reformatter import ColorRange, Colorspace
 
-from engines import color
+from engines import color, runtime
 from engines.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
 from engines.formats import VIDEO_SUFFIXES
 from engines.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
@@ -642,6 +643,8 @@ def _read_stage(
             w.put(q_out, item)
         index += 1
 
+    lightness = _FrameLightness(probe.width, probe.height)
+
     def emit_frame_or_bridge(pts: int | None, duration: int, frame: av.VideoFrame | None) -> None:
         nonlocal last_pts, last_duration
         if pts is None:
@@ -661,8 +664,7 @@ def _read_stage(
         else:
             if (frame.width, frame.height) != (probe.width, probe.height):
                 stats.resized += 1
-            rgb = _frame_to_rgb(frame, probe.width, probe.height)
-            put(_Frame(pts, duration, l=lightness_of_rgb_u8(rgb)))
+            put(_Frame(pts, duration, l=lightness(frame)))
             stats.decoded += 1
         last_pts, last_duration = pts, duration
 
@@ -754,14 +756,74 @@ def _analyse_stage(
 
 
 def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
-    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color.rgb_u8_to_lightness``)."""
-    return color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))
+    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color.rgb_u8_hwc_to_lightness``)."""
+    return torch.from_numpy(color.rgb_u8_hwc_to_lightness(rgb))[None]
+
+
+# 8-bit planar YUV whose chroma can be checked for neutrality plane by plane.
+_PLANAR_YUV = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p"})
+_NEUTRAL_CHROMA = 128
+
+
+def _plane_u8(plane) -> np.ndarray:
+    """An 8-bit plane as a ``(height, width)`` view (rows keep the decoder's padding as their stride)."""
+    return np.frombuffer(plane, np.uint8, plane.height * plane.line_size).reshape(plane.height, -1)[:, : plane.width]
+
+
+class _FrameLightness:
+    """CIELAB L ``(1, H, W)`` of decoded frames, at the film's size.
+
+    Black-and-white sources (8-bit planar YUV whose every chroma sample is neutral) skip RGB: their
+    RGB conversion is gray with each level a function of Y alone, so L is one table lookup on the Y
+    plane. The table is learnt from swscale itself, converting a frame of every Y level with the
+    same format, size, matrix and range as the RGB path would, so the L is the RGB path's exactly;
+    should that conversion not be a per-level gray map, every frame takes the RGB path.
+    """
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self._tables: dict[tuple, np.ndarray | None] = {}
+
+    def __call__(self, frame: av.VideoFrame) -> torch.Tensor:
+        l = self._from_luma(frame)
+        if l is None:
+            l = color.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
+        return torch.from_numpy(l)[None]
+
+    def _from_luma(self, frame: av.VideoFrame) -> np.ndarray | None:
+        name = frame.format.name
+        if name not in _PLANAR_YUV or (frame.width, frame.height) != (self.width, self.height):
+            return None
+        for plane in frame.planes[1:3]:
+            low, high, _, _ = cv2.minMaxLoc(_plane_u8(plane))
+            if low != _NEUTRAL_CHROMA or high != _NEUTRAL_CHROMA:
+                return None
+        key = (name, *decode_colorspace(frame))
+        if key not in self._tables:
+            self._tables[key] = self._learn_table(name, frame)
+        table = self._tables[key]
+        return None if table is None else cv2.LUT(_plane_u8(frame.planes[0]), table)
+
+    def _learn_table(self, name: str, like: av.VideoFrame) -> np.ndarray | None:
+        probe = av.VideoFrame(self.width, self.height, name)
+        rows, cols = np.mgrid[: self.height, : self.width]
+        luma = ((cols + 37 * rows) % 256).astype(np.uint8)  # every level, in every column phase
+        _plane_u8(probe.planes[0])[:] = luma
+        for plane in probe.planes[1:3]:
+            _plane_u8(plane)[:] = _NEUTRAL_CHROMA
+        matrix, rng = decode_colorspace(like)
+        rgb = probe.to_ndarray(format="rgb24", threads=1, src_colorspace=matrix, src_color_range=rng)
+        levels = np.zeros(256, np.uint8)
+        levels[luma.ravel()] = rgb[..., 0].ravel()
+        if not ((rgb == rgb[..., :1]).all() and np.array_equal(levels[luma], rgb[..., 0])):
+            return None
+        return color.gray_u8_lightness_table(levels)
 
 
 def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
-    """L ``(1, H, W)`` + ab ``(2, H, W)`` -> 8-bit sRGB ``(H, W, 3)`` with L kept: ``lab_to_rgb_keep_lightness``
-    rounded to uint8, encoded by table straight to 8 bits (the output is 8-bit anyway)."""
-    return color._lab_to_rgb_u8_keep_lightness(l, ab).permute(1, 2, 0).contiguous().numpy()
+    """L ``(1, H, W)`` + ab ``(2, H, W)`` (any strides; channels-last is free) -> 8-bit sRGB ``(H, W, 3)``
+    with L kept: ``lab_to_rgb_keep_lightness`` rounded to uint8 (``color.lab_hwc_to_rgb_u8_keep_lightness``)."""
+    return color.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
 
 
 def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:
@@ -809,6 +871,7 @@ def colorize_video(
     ``predict_ab`` or ``progress`` propagate unchanged.
     """
     started = time.perf_counter()
+    runtime.retain_freed_memory()  # frame-sized temporaries: reuse freed memory, no fresh page faults
     src, dst = Path(src), Path(dst)
     fmt = OUTPUT_FORMATS.get(dst.suffix.lower())
     if fmt is None:
@@ -838,7 +901,7 @@ def colorize_video(
     report = VideoReport(resumed_frames=work.frames)
     try:
         if not work.manifest["complete"]:
-            with _open_input(src) as inp:
+            with _open_input(src) as inp, _opencv_threads_like_torch():
                 _encode_segments(inp, fmt, probe, predict_ab, options, progress, report, work)
         report.frames = work.frames
         report.corrupt_frames_bridged = sum(seg["bridged"] for seg in work.manifest["segments"])
@@ -856,6 +919,19 @@ def colorize_video(
     work.remove()
     report.seconds = time.perf_counter() - started
     return report
+
+
+@contextlib.contextmanager
+def _opencv_threads_like_torch() -> Iterator[None]:
+    """Hold OpenCV's thread pool (smoothing, resizes) to torch's thread count for the film, restored
+    after: the stages already run in parallel, and an unbounded pool would oversubscribe the cores
+    the caller gave torch (one thread per stage on a small machine)."""
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(torch.get_num_threads())
+    try:
+        yield
+    finally:
+        cv2.setNumThreads(before)
 
 
 def _segment_frames(options: VideoOptions, rate: Fraction | None, batch: int) -> int:

@@ -546,3 +546,27 @@ def test_yuv_chroma_reexpressed_as_ab_keeps_hue_and_range():
     # Y of the gray of the same L is not the colour's luma, so this is close rather than exact: same hue.
     cos = (ab * ab_true).sum(1) / (ab.norm(dim=1) * ab_true.norm(dim=1) + 1e-6)
     assert cos[ab_true.norm(dim=1) > 20].mean() > 0.9
+
+
+def test_rgb_u8_hwc_to_lightness_matches_the_float_path_and_the_torch_one():
+    rng = np.random.default_rng(21)
+    rgb = rng.integers(0, 256, (37, 53, 3), dtype=np.uint8)
+    rgb[0, :, :] = np.arange(53, dtype=np.uint8)[:, None] * 4  # dark grays: the CIE linear segment
+    got = C.rgb_u8_hwc_to_lightness(rgb)
+    assert got.dtype == np.float32 and got.shape == (37, 53)
+    chw = torch.from_numpy(rgb).permute(2, 0, 1)
+    exact = C.rgb_to_lightness(chw.double() / 255)[0].numpy()
+    assert np.abs(got - exact).max() < 5e-5
+    assert np.abs(got - C.rgb_u8_to_lightness(chw)[0].numpy()).max() < 1e-4  # the path it replaces
+
+
+def test_lab_hwc_to_rgb_u8_is_the_exact_path_in_8_bits():
+    wide_l, wide_ab = _wide_lab((1, 48, 64), torch.float32, seed=22)  # (1, H, W), (2, H, W)
+    edge_l, edge_ab = _edge_lab(torch.float32)  # (1, 1, K), (2, 1, K)
+    for l, ab in ((wide_l, wide_ab), (edge_l, edge_ab)):
+        got = C.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
+        exact = (C.lab_to_rgb_keep_lightness(l.double(), ab.double()) * 255).round().permute(1, 2, 0).numpy()
+        assert got.dtype == np.uint8 and got.shape == exact.shape
+        diff = np.abs(got.astype(np.float64) - exact)
+        assert diff.max() <= 1  # the same gamut mapping; only a value within float rounding of a level boundary differs
+        assert (diff > 0).mean() < 2e-3

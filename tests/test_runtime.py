@@ -118,3 +118,27 @@ def test_cuda_matches_cpu(name, photo):  # pragma: no cover - runs only where a 
     c = load_colorizer(name, select_backend("cuda"))
     for _ in range(2):  # the second call replays the captured CUDA graph
         assert float((_ab(c, photo) - ref).abs().max()) < runtime.FP16_MAX_AB_DIFF
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_bf16_stays_close_to_fp32(monkeypatch, name):
+    """The bf16 path (taken only on CPUs with AMX or AVX-512 BF16) against float32, on a small photo.
+    Autocast runs on any CPU (emulated, slowly, on AVX2), so the bound is checked here; its speed is not."""
+    rgb = read_photo(PHOTO).rgb[::4, ::4].copy()  # 128x128: the engines' working size or less
+    ref = _ab(load_colorizer(name, select_backend("cpu")), rgb)
+    monkeypatch.setattr(runtime, "cpu_has_fast_bf16", lambda: True)
+    c = load_colorizer(name, select_backend("cpu"))
+    assert isinstance(c.model, runtime.Bf16Model) and any("bf16" in n for n in c.notes)
+    diff = (_ab(c, rgb) - ref).abs()
+    print(f"{name}: bf16 vs float32 ab difference: max {float(diff.max()):.3f}, mean {float(diff.mean()):.4f}")
+    assert float(diff.max()) < runtime.BF16_MAX_AB_DIFF
+    assert float(diff.mean()) < 0.5
+    assert float(diff.max()) > 0  # bf16 did run: the result is not float32's
+
+
+def test_bf16_only_where_the_cpu_has_it():
+    with open("/proc/cpuinfo") as f:
+        flags = f.read().split()
+    assert runtime.cpu_has_fast_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
+    c = load_colorizer("gan", select_backend("cpu"))
+    assert isinstance(c.model, runtime.Bf16Model) == runtime.cpu_has_fast_bf16()

@@ -602,13 +602,13 @@ def test_bf16_autocast_trains_channels_last_and_the_choice_is_logged(tmp_path, c
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it_in_hardware():
-    from engines.runtime import cpu_bf16_native
+    from engines.runtime import cpu_has_fast_bf16
     from training.tasks import resolve_precision
 
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()
-    assert cpu_bf16_native() == bool({"avx512_bf16", "amx_bf16"} & flags)
+    assert cpu_has_fast_bf16() == bool({"avx512_bf16", "amx_bf16"} & flags)
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("auto", cpu)[0] == cpu_bf16_native()
+    assert resolve_precision("auto", cpu)[0] == cpu_has_fast_bf16()
     assert resolve_precision("auto", gpu)[0] and resolve_precision("bfloat16", cpu)[0]
     assert not resolve_precision("float32", gpu)[0]
     with pytest.raises(ValueError, match="precision must be auto, float32 or bfloat16"):

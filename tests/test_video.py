@@ -25,6 +25,8 @@ from engines.unet import UNet, UNetConfig
 from engines.video import (
     VideoError,
     VideoOptions,
+    _frame_to_rgb,
+    _FrameLightness,
     colorize_video,
     compose_rgb,
     is_video,
@@ -708,3 +710,32 @@ def test_sigkill_mid_film_then_resume(tmp_path):
     assert not _partial(dst).exists()
     assert _stream_packets(dst) == _stream_packets(ref)
     assert _timing(dst) == _timing(ref) == _timing(src)
+
+
+def _yuv_frame(fmt: str, w: int, h: int, luma: np.ndarray, chroma: int = 128) -> av.VideoFrame:
+    frame = av.VideoFrame(w, h, fmt)
+    for index, plane in enumerate(frame.planes):
+        view = np.frombuffer(plane, np.uint8, plane.height * plane.line_size).reshape(plane.height, -1)
+        view[:, : plane.width] = luma if index == 0 else chroma
+    return frame
+
+
+@pytest.mark.parametrize("fmt", ["yuv420p", "yuvj420p", "yuv444p"])
+def test_gray_frames_take_lightness_from_the_y_plane_exactly(rng, fmt):
+    w, h = 33, 21  # odd: chroma planes round up, rows are padded
+    luma = rng.integers(0, 256, (h, w), dtype=np.uint8)
+    frame = _yuv_frame(fmt, w, h, luma)
+    reader = _FrameLightness(w, h)
+    rgb = _frame_to_rgb(frame, w, h)
+    assert (rgb == rgb[..., :1]).all()  # a gray frame
+    via_rgb = color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))  # the R = G = B table
+    assert reader._from_luma(frame) is not None
+    assert torch.equal(reader(frame), via_rgb)
+    # One chroma sample off neutral: not gray, so the RGB path, which still agrees to float rounding.
+    tinted = _yuv_frame(fmt, w, h, luma)
+    np.frombuffer(tinted.planes[1], np.uint8)[0] = 129
+    assert reader._from_luma(tinted) is None
+    rgb_t = _frame_to_rgb(tinted, w, h)
+    assert torch.allclose(
+        reader(tinted), color.rgb_u8_to_lightness(torch.from_numpy(rgb_t).permute(2, 0, 1)), atol=1e-4
+    )

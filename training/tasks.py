@@ -29,7 +29,7 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[bool, str]:
         return True, "bfloat16 autocast (asked for)"
     if device.type == "cuda":
         return True, "bfloat16 autocast (GPU)"
-    if runtime.cpu_bf16_native():
+    if runtime.cpu_has_fast_bf16():
         return True, "bfloat16 autocast (this CPU has AVX-512 BF16 or AMX)"
     return False, "float32 (this CPU has no bf16 in hardware: emulated bf16 is slower)"
 
