@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from engines import runtime
 from engines.checkpoint import CheckpointError
 from training import distributed
 from training.config import load_recipe
@@ -51,6 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    # Batch-sized activations are freed and allocated again every step: keep them in the heap rather
+    # than mapping fresh pages each time (the campaign run spent a fifth of its CPU time in the kernel,
+    # faulting pages in, until this was set through glibc's environment variables; 8% after).
+    runtime.retain_freed_memory()
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if main_rank and sys.stderr.isatty():
