@@ -652,7 +652,7 @@ def test_feature_stats_and_fid_from_features(rng):
         M.feature_stats(np.zeros((1, 5)))
 
 
-def _ab(a: list[float], b: list[float]) -> torch.Tensor:
+def _ab_pixels(a: list[float], b: list[float]) -> torch.Tensor:
     """ab ``(2, 1, N)`` from per-pixel lists."""
     return torch.tensor([a, b], dtype=torch.float64)[:, None, :]
 
@@ -660,10 +660,10 @@ def _ab(a: list[float], b: list[float]) -> torch.Tensor:
 def test_colour_fidelity_known_answers():
     # Truth: two green pixels (a -20, b 10: chroma 22; a -9, b 9: chroma 12.7), one pale green that does
     # not count (a -9, b 0: chroma 9 < 12), one neutral (2, 2), one red (30, 10).
-    truth = _ab([-20, -9, -9, 2, 30], [10, 9, 0, 2, 10])
+    truth = _ab_pixels([-20, -9, -9, 2, 30], [10, 9, 0, 2, 10])
     # Prediction: a +4 and -6 on the green ones (mean -1), strong colour (chroma 40) on the neutral pixel
     # and on the red one, weak on the pale green.
-    pred = _ab([4, -6, 1, 40, 0], [0, 0, 0, 0, 40])
+    pred = _ab_pixels([4, -6, 1, 40, 0], [0, 0, 0, 0, 40])
     f = M.ColourFidelity()
     f.update(pred, truth)
     assert f.green_pixels == 2
@@ -682,11 +682,11 @@ def test_colour_fidelity_boundaries_and_empty():
     f = M.ColourFidelity()
     assert math.isnan(f.green_a()) and math.isnan(f.false_colour_share())
     # a* exactly -8 is not green; predicted chroma exactly 25 is not strong; truth chroma exactly 8 is not neutral.
-    f.update(_ab([25, 26], [0, 0]), _ab([-8, 8], [20, 0]))
+    f.update(_ab_pixels([25, 26], [0, 0]), _ab_pixels([-8, 8], [20, 0]))
     assert f.green_pixels == 0
     assert f.strong_pixels == 1 and f.strong_neutral == 0
     # A perfect prediction of a lawn reproduces the truth's own a*.
-    lawn = _ab([-18, -22, -25], [15, 20, 5])
+    lawn = _ab_pixels([-18, -22, -25], [15, 20, 5])
     p = M.ColourFidelity()
     p.update(lawn, lawn)
     assert p.green_a() == pytest.approx(p.green_a_true()) == pytest.approx(-65 / 3)
