@@ -35,6 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import ROOT, current_commit
 from benchmarks.eccv16 import ECCV16
 from engines import runtime
+from engines.files import atomic_path
 from engines.pipeline import load_colorizer
 from engines.registry import ENGINES
 
@@ -164,10 +165,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> None:

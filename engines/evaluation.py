@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from engines import color
-from engines.formats import VIDEO_SUFFIXES
+from engines.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.media.crop import centre_square
 from engines.metrics import (
     AbErrorCurve,
     ColourDistributionConsistency,
@@ -57,7 +58,7 @@ from engines.metrics import (
     rebalance_weights,
     ssim,
 )
-from engines.photo_io import SUPPORTED_SUFFIXES, read_photo
+from engines.photo_io import read_photo
 from engines.temporal import pair_warping_error, reference_flow
 from engines.video import decode_colorspace, is_video
 
@@ -92,7 +93,7 @@ def training_prior() -> torch.Tensor:
 
 
 def _media(folder: Path) -> dict[str, Path]:
-    suffixes = set(SUPPORTED_SUFFIXES) | VIDEO_SUFFIXES
+    suffixes = set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES
     return {
         str(p.relative_to(folder).with_suffix("")): p
         for p in sorted(folder.rglob("*"))
@@ -119,7 +120,7 @@ def _is_video(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return True
-    return suffix not in SUPPORTED_SUFFIXES and is_video(path)
+    return suffix not in IMAGE_SUFFIXES and is_video(path)
 
 
 def split_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list, list]:
@@ -236,13 +237,8 @@ class RealismProbe:
 
     @staticmethod
     def _square(rgb: np.ndarray, side: int) -> torch.Tensor:
-        import cv2
-
-        h, w = rgb.shape[:2]
-        s = min(h, w)
-        crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        crop = crop.astype(np.float32) / 255 if crop.dtype == np.uint8 else crop.astype(np.float32)
-        crop = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA if s > side else cv2.INTER_CUBIC)
+        rgb = rgb.astype(np.float32) / 255 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+        crop = centre_square(rgb, side)
         return torch.from_numpy(np.clip(crop, 0, 1)).permute(2, 0, 1)[None]
 
     @torch.inference_mode()

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from engines import trt_backend
+from engines.files import write_text
 
 BACKENDS = ("auto", "tensorrt", "cuda", "onnxruntime", "cpu")
 # ONNX Runtime replaces PyTorch on the CPU only when at least this much faster (timings wobble ~10%).
@@ -279,10 +280,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
         known[key] = speedup
         how = "measured now"
         try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(f".{store.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, store)
+            write_text(store, json.dumps(known, indent=1))
         except OSError:
             pass  # a read-only cache only costs the measurement next time
     if speedup >= ORT_MIN_SPEEDUP:

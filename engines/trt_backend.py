@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from engines.export import INPUT_NAME
+from engines.files import write_bytes
 
 MAGIC = b"COLORIZE-TRT\x01"
 TIMING_CACHE = "timing.cache"
@@ -84,16 +85,7 @@ def write_entry(path: Path, key: CacheKey, payload: bytes) -> None:
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
     ).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(header)) + header + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, MAGIC + struct.pack("<Q", len(header)) + header + payload)
 
 
 def _read_header(path: Path) -> tuple[dict, int] | None:
@@ -198,10 +190,7 @@ def build_engine(onnx_path: Path, precision: str, profile: Profile, timing_cache
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine")
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = timing_cache.with_name(f".{timing_cache.name}.tmp{os.getpid()}")
-    tmp.write_bytes(memoryview(cache.serialize()))
-    os.replace(tmp, timing_cache)
+    write_bytes(timing_cache, bytes(memoryview(cache.serialize())), fsync=False)
     return bytes(serialized)
 
 

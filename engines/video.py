@@ -70,7 +70,6 @@ Decisions
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -90,12 +89,13 @@ import torch
 from av.video.reformatter import ColorRange, Colorspace
 
 from engines import color
+from engines.files import os_reason as _os_reason
+from engines.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from engines.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
-from engines.formats import VIDEO_SUFFIXES
 from engines.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
 
 # Still images, and GIF, which the photo path handles (its first frame).
-_PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
+_PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".gif"}
 
 # AVColorSpace / AVColorRange / AVColorPrimaries / AVColorTransferCharacteristic values.
 _AVCOL_SPC = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6: Colorspace.ITU601,
@@ -1331,11 +1331,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError):
         return _os_reason(exc)
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device"
-    if exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__
