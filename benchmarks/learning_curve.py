@@ -29,12 +29,12 @@ import torch
 
 from benchmarks import ROOT, current_commit
 from benchmarks.quality import evaluate, gray_of, load_photos
-from engines import checkpoint
-from engines.evaluation import training_prior
+from engines.evaluation.scoring import training_prior
 from engines.files import atomic_path
 from engines.metrics import colourfulness, rebalance_weights
+from engines.models import checkpoint
 from engines.pipeline import load_colorizer
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
 
 
 def images_seen(ckpt: checkpoint.EngineCheckpoint) -> int:

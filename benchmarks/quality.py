@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from benchmarks import ROOT, current_commit
-from engines import checkpoint, color
-from engines.evaluation import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
+from engines import color
+from engines.evaluation.scoring import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
 from engines.metrics import AbErrorCurve, ColourFidelity, ciede2000, colourfulness, psnr, rebalance_weights
+from engines.models import checkpoint
+from engines.models.registry import ENGINES, get_spec
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES, get_spec
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
 
 
 def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:

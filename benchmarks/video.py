@@ -40,11 +40,12 @@ import numpy as np
 import torch
 
 from benchmarks import ROOT
-from engines import color, temporal
-from engines.evaluation import video_frames
+from engines import color
+from engines.evaluation.scoring import video_frames
 from engines.pipeline import load_colorizer
-from engines.runtime import select_backend
-from engines.video import (
+from engines.runtime.backends import select_backend
+from engines.video import temporal
+from engines.video.film import (
     VideoOptions,
     add_video_encoder,
     colorize_video,

@@ -15,10 +15,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, gan, regression, runtime, trt_backend
-from engines.registry import get_spec
-from engines.runtime import Backend
-from engines.unet import UNet
+from engines import color
+from engines.models import checkpoint, classification, gan, regression
+from engines.models.registry import get_spec
+from engines.models.unet import UNet
+from engines.runtime import backends as runtime
+from engines.runtime import trt_backend
+from engines.runtime.backends import Backend
 
 # Each family turns the network's raw output into ab (CIELAB units): ``decode(raw, family_state, **options)``.
 FAMILIES: dict[str, Callable[..., torch.Tensor]] = {

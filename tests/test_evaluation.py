@@ -13,9 +13,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 from colorcli.app import app
-from engines import temporal
 from engines.color import lab_to_rgb
-from engines.evaluation import (
+from engines.evaluation.scoring import (
     EvaluationError,
     MismatchError,
     evaluate_pairs,
@@ -26,6 +25,7 @@ from engines.evaluation import (
     video_frames,
 )
 from engines.metrics import cdc, ciede2000, psnr, ssim
+from engines.video import temporal
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from engines import inception as I
+from engines.evaluation import inception as I
 
 # Expected names, restated from torchvision's Inception3 (which pytorch-fid patches) rather than read
 # from our module: block -> its BasicConv2d submodules.

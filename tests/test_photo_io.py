@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engines import files, photo_io
-from engines.formats import IMAGE_SUFFIXES
-from engines.photo_io import MAX_PIXELS, Photo, PhotoError, read_photo, write_photo
+from engines import files
+from engines.media import photo_io
+from engines.media.formats import IMAGE_SUFFIXES
+from engines.media.photo_io import MAX_PIXELS, Photo, PhotoError, read_photo, write_photo
 
 RNG_SEED = 1234
 

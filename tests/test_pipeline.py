@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from engines import checkpoint
 from engines.metrics import AbErrorCurve, colourfulness
+from engines.models import checkpoint
+from engines.models.registry import ENGINES
+from engines.models.unet import UNet, UNetConfig
 from engines.pipeline import Colorizer, load_colorizer
-from engines.registry import ENGINES
-from engines.runtime import select_backend
-from engines.unet import UNet, UNetConfig
+from engines.runtime.backends import select_backend
 from tests.conftest import lightness
 
 

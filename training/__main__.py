@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from engines.checkpoint import CheckpointError
+from engines.models.checkpoint import CheckpointError
 from training import distributed
 from training.config import load_recipe
 from training.data import DataError

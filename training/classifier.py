@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import resnet
 from engines.files import atomic_path
+from engines.models import resnet
 from training.data import BatchSampler, load_source, validation_mask
 
 

@@ -24,8 +24,8 @@ from torch.nn import functional as F
 
 from engines import color
 from engines.files import atomic_path
-from engines.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from engines.media.crop import centre_square
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
 # An image whose 95th-percentile chroma (CIELAB, sqrt(a^2 + b^2)) is below this is gray or nearly so
 # (including most sepia and toned prints): it would teach the model to output gray.
@@ -99,7 +99,7 @@ def _is_film(path: Path) -> bool:
 
 def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
     # Imported here: PyAV is needed for films only, and a GPU machine training on packed images may lack it.
-    from engines.video import VideoError, sample_frames
+    from engines.video.film import VideoError, sample_frames
 
     try:
         for index, rgb in sample_frames(path, VIDEO_FRAMES_PER_SECOND):

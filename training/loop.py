@@ -15,10 +15,11 @@ from typing import Self
 import numpy as np
 import torch
 
-from engines import checkpoint, color
+from engines import color
 from engines.files import atomic_path
 from engines.media.crop import centre_square
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
+from engines.models import checkpoint
 from training import distributed, figures
 from training.config import TrainConfig
 from training.data import BatchSampler, DataError, training_sets

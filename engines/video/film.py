@@ -90,9 +90,9 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from engines import color
 from engines.files import os_reason as _os_reason
-from engines.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from engines.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
-from engines.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.media.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
+from engines.video.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
 
 # Still images, and GIF, which the photo path handles (its first frame).
 _PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".gif"}

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from engines.files import atomic_path
-from engines.unet import UNet
+from engines.models.unet import UNet
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "l_norm", "ab_norm"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from engines import trt_backend
 from engines.files import write_text
+from engines.runtime import trt_backend
 
 BACKENDS = ("auto", "tensorrt", "cuda", "onnxruntime", "cpu")
 # ONNX Runtime replaces PyTorch on the CPU only when at least this much faster (timings wobble ~10%).
@@ -115,7 +115,7 @@ class OnnxRuntimeModel(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, weights_sha256: str, threads: int | None = None):
         super().__init__()
-        from engines.export import export_onnx
+        from engines.runtime.export import export_onnx
 
         path = cache_dir() / "onnx" / f"{weights_sha256[:32]}.onnx"
         if not path.exists():  # the export is written atomically, so a present file is complete

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from engines.files import atomic_path
-from engines.unet import UNet, UNetConfig
+from engines.models.unet import UNet, UNetConfig
 
 FORMAT = "colorize-checkpoint/1"
 

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from engines.export import INPUT_NAME
 from engines.files import write_bytes
+from engines.runtime.export import INPUT_NAME
 
 MAGIC = b"COLORIZE-TRT\x01"
 TIMING_CACHE = "timing.cache"
@@ -234,7 +234,7 @@ def engine_for(
     """The cached engine for these weights on this GPU, built (and cached) first if needed. UNVERIFIED."""
     import tempfile
 
-    from engines.export import export_onnx
+    from engines.runtime.export import export_onnx
 
     profile = Profile.for_pipeline(working_size, multiple=model.multiple)
     key = current_key(weights, precision, profile)

@@ -46,8 +46,9 @@ import numpy as np
 import torch
 
 from engines import color
-from engines.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 from engines.media.crop import centre_square
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.media.photo_io import read_photo
 from engines.metrics import (
     AbErrorCurve,
     ColourDistributionConsistency,
@@ -58,13 +59,12 @@ from engines.metrics import (
     rebalance_weights,
     ssim,
 )
-from engines.photo_io import read_photo
-from engines.temporal import pair_warping_error, reference_flow
-from engines.video import decode_colorspace, is_video
+from engines.video.film import decode_colorspace, is_video
+from engines.video.temporal import pair_warping_error, reference_flow
 
 PRIOR_FILE = "ab_prior.json"
 # The realism probe's default classifier: trained here on Tiny ImageNet (``python -m training.classifier``).
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "weights" / "classifier-tinyimagenet.pt"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "classifier-tinyimagenet.pt"
 
 
 class EvaluationError(ValueError):
@@ -278,7 +278,7 @@ def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
     and, when given, the FID Inception (``engines.inception``). Raises EvaluationError for a bad file."""
     networks: dict = {}
     if classifier is not None:
-        from engines import resnet
+        from engines.models import resnet
 
         try:
             cf = resnet.load(classifier)
@@ -287,7 +287,7 @@ def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
         net = cf.build()
         networks[classifier.stem] = (net.features, net.fc, cf.config.image_size, cf.classes)
     if inception is not None:
-        from engines.inception import load_fid_inception
+        from engines.evaluation.inception import load_fid_inception
 
         try:
             net = load_fid_inception(inception)

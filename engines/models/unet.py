@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engines import color
-from engines.resnet import ResNet, ResNetConfig
+from engines.models.resnet import ResNet, ResNetConfig
 
 ENCODERS = ("plain", "resnet18")
 
