@@ -12,7 +12,7 @@ The photos are split by sorted name: 0-99 for choosing settings (working size, s
 - PSNR (RGB), CIEDE2000, mean over photos;
 - colourfulness (Hasler and Suesstrunk 2003), mean over photos, beside the originals' mean;
 - mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding;
-- realism probe (``engines.evaluation.RealismProbe``) with the shipped Tiny ImageNet classifier: how
+- realism probe (``engines.evaluation.scoring.RealismProbe``) with the shipped Tiny ImageNet classifier: how
   often its top-1 class on the result equals its top-1 on the original, and the Frechet distance
   between results' and originals' pooled features (100 photos, 256 features: a rank-deficient
   covariance, so compare rows with each other only).

@@ -99,7 +99,7 @@ class RunOptions:
     decode_options: dict = field(default_factory=dict)
     samples: int = 1
     seed: int = 0
-    video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
+    video: dict = field(default_factory=dict)  # engines.video.film.VideoOptions fields
     threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
     saturation: float = 1.0  # scale of the predicted chroma (engines.pipeline.Colorizer.predict_ab)
     resume: bool = False  # films: continue an interrupted run's work
@@ -430,7 +430,7 @@ class _progress:
                 self._frames = None
 
     def frames(self, done: int, total: int | None) -> None:
-        """Progress within a film: ``engines.video.colorize_video``'s callback."""
+        """Progress within a film: ``engines.video.film.colorize_video``'s callback."""
         if self._bar is None:
             return
         if self._frames is None:  # the first call may bring the frames an earlier (resumed) run did

@@ -210,7 +210,7 @@ def test_video_against_itself_is_perfect_and_matches_the_truths_own_temporal_num
     assert summary["warping_error"] == summary["warping_error_truth"]
     assert summary["cdc"] == summary["cdc_truth"]
     # The numbers are those of the library functions on the decoded frames: the warping error of
-    # engines.temporal (flow from the truth) and the CDC of engines.metrics.
+    # engines.video.temporal (flow from the truth) and the CDC of engines.metrics.
     frames = [f.astype(np.float32) / 255 for f in moving_frames()]
     assert summary["warping_error_truth"] == pytest.approx(temporal.warping_error(frames, frames), rel=1e-12)
     assert summary["cdc_truth"] == pytest.approx(cdc(torch.from_numpy(f).permute(2, 0, 1) for f in moving_frames()))

@@ -1,4 +1,4 @@
-"""Tests for engines.photo_io: decoding and encoding still images with PyAV.
+"""Tests for engines.media.photo_io: decoding and encoding still images with PyAV.
 
 Every input is made here in tmp_path: with Pillow or OpenCV (independent encoders) for reading,
 and checked with OpenCV or Pillow (independent decoders) after writing.

@@ -1,4 +1,4 @@
-"""The video pipeline (engines.video) and temporal consistency (engines.temporal), on tiny clips made here."""
+"""The video pipeline (engines.video.film) and temporal consistency (engines.video.temporal), on tiny clips made here."""
 
 from __future__ import annotations
 

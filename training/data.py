@@ -3,8 +3,8 @@ a grayscale filter, a deterministic validation split, and batched augmentation i
 
 Images are decoded with OpenCV here rather than PyAV: a training set is tens of thousands of small
 files, and opening one demuxer per file costs more than the whole decode. (Photos given to the CLI go
-through PyAV, see ``engines.photo_io``.) Films, alone or inside a folder, go through PyAV
-(``engines.video.sample_frames``), a few frames per second of each.
+through PyAV, see ``engines.media.photo_io``.) Films, alone or inside a folder, go through PyAV
+(``engines.video.film.sample_frames``), a few frames per second of each.
 """
 
 from __future__ import annotations

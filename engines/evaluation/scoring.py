@@ -15,14 +15,14 @@ Pairs files by relative path (extension ignored), scores each pair and pools the
 Videos (two films, or two folders of films paired the same way) are scored frame by frame with the
 same per-image metrics, pooled over all frames of all videos (AuC over all pixels, the means over
 frames), plus two temporal metrics per video, averaged over videos:
-- warping error (Lai et al. 2018, ``engines.temporal``): flow and occlusion mask from each pair of
+- warping error (Lai et al. 2018, ``engines.video.temporal``): flow and occlusion mask from each pair of
   consecutive *truth* frames; the squared RGB distance between result frame t and result frame t+1
   warped onto t, summed over channels and averaged over the non-occluded pixels and the pairs. Given
   for the truth too (its own warping error: what motion and occlusion leave even in a perfect film);
 - CDC, colour distribution consistency (Liu et al. 2021, ``engines.metrics.ColourDistributionConsistency``):
   the Jensen-Shannon divergence of the per-channel 8-bit RGB histograms of frames 1, 2 and 4 apart;
   for the result and the truth.
-With a classifier (``--classifier``; the project trains its own, see ``engines.resnet``), a realism
+With a classifier (``--classifier``; the project trains its own, see ``engines.models.resnet``), a realism
 probe (``RealismProbe``): the classifier's top-1 agreement between each result and its truth, its
 accuracy on both when the truth is filed in folders named after its classes, and a Frechet distance
 between the results' and the truths' pooled classifier features (labelled with the classifier: it is
@@ -275,7 +275,7 @@ class RealismProbe:
 
 def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
     """The networks a ``RealismProbe`` runs: our classifier (a file from ``python -m training.classifier``)
-    and, when given, the FID Inception (``engines.inception``). Raises EvaluationError for a bad file."""
+    and, when given, the FID Inception (``engines.evaluation.inception``). Raises EvaluationError for a bad file."""
     networks: dict = {}
     if classifier is not None:
         from engines.models import resnet
@@ -319,7 +319,7 @@ def evaluate_pairs(
 def video_frames(path: Path) -> Iterator[np.ndarray]:
     """The frames of the first video stream (cover art skipped) as 8-bit RGB ``(H, W, 3)``, converted
     with the stream's declared matrix and range as the film pipeline reads them
-    (``engines.video.decode_colorspace``), each at the first frame's size. Streamed, one frame at a time.
+    (``engines.video.film.decode_colorspace``), each at the first frame's size. Streamed, one frame at a time.
     Raises EvaluationError when the file cannot be opened or decoded."""
     try:
         with av.open(str(path)) as container:
