@@ -5,11 +5,11 @@
 
 Speed (one process, the same clip, best of ``--repeat`` runs each):
   floor      decode -> RGB -> re-encode with the pipeline's own encoder settings (no colour work)
-  off / on   ``engines.video.colorize_video`` with the shipped regression engine, smoothing off / on
+  off / on   ``engines.video.film.colorize_video`` with the shipped regression engine, smoothing off / on
 Frames per second are wall-clock; CPU ms per frame (user + system of the whole process) is given too,
 because on a shared machine the wall-clock ratio also measures how much of the CPU the run was given.
 
-Temporal stability: the warping error of Lai et al. 2018 (``engines.temporal.warping_error``; flow and
+Temporal stability: the warping error of Lai et al. 2018 (``engines.video.temporal.warping_error``; flow and
 occlusion mask from the original colour frames, output frame t+1 warped back onto t, squared RGB
 distance in [0, 1] summed over channels, mean over non-occluded pixels and frame pairs), for the
 original footage, the output with smoothing off and with smoothing on, over the davis clips (used as
@@ -170,8 +170,8 @@ def peak_rss_mb(clip: Path, dst: Path, threads: int) -> tuple[float, int]:
     code = (
         "import resource, sys, torch; from pathlib import Path;"
         f"torch.set_num_threads({threads});"
-        "from engines.pipeline import load_colorizer; from engines.runtime import select_backend;"
-        "from engines.video import colorize_video;"
+        "from engines.pipeline import load_colorizer; from engines.runtime.backends import select_backend;"
+        "from engines.video.film import colorize_video;"
         "c = load_colorizer('regression', select_backend('cpu'));"
         f"r = colorize_video(Path({str(clip)!r}), Path({str(dst)!r}), c.predict_ab);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.frames)"
