@@ -166,9 +166,9 @@ def load_colorizer(
     size = working_size or ckpt.working_size
     net = ckpt.build_model()
     notes = backend.notes
-    if backend.name == "tensorrt":  # unverified path: see engines/trt_backend.py
+    if backend.name == "tensorrt":  # unverified path: see engines/runtime/trt_backend.py
         net = trt_backend.engine_for(path, net, size)
-    elif backend.name == "cuda":  # unverified path: see engines/runtime.py
+    elif backend.name == "cuda":  # unverified path: see engines/runtime/backends.py
         net = runtime.CudaModel(net)
     elif backend.name == "onnxruntime":
         net = runtime.OnnxRuntimeModel(net, trt_backend.file_sha256(path))

@@ -1,6 +1,6 @@
 """Backends: which runtime executes the engine's network, why it was picked, and the runners themselves.
 
-- ``tensorrt``: a TensorRT engine built from the ONNX export (``engines.trt_backend``; UNVERIFIED:
+- ``tensorrt``: a TensorRT engine built from the ONNX export (``engines.runtime.trt_backend``; UNVERIFIED:
   TensorRT cannot be installed on our machines).
 - ``cuda``: PyTorch on the GPU, FP16 weights and activations, channels-last, cuDNN autotuning, a CUDA
   graph per input shape, pinned host memory, batches split to fit free GPU memory (``CudaModel``;

@@ -50,7 +50,7 @@ Decisions
   VP9 profile 1) rather than padded or cropped; FFmpeg-based players (mpv, VLC, browsers through
   FFmpeg) play it, some hardware decoders do not, and the report says so.
 - Lightness: the output's CIELAB L is the input's (up to 8-bit and codec rounding); only ab comes from
-  the engine, and smoothing touches only ab (see ``engines.temporal``).
+  the engine, and smoothing touches only ab (see ``engines.video.temporal``).
 - Corrupt input: a packet the decoder rejects, or a frame it flags as damaged, is replaced by a copy of
   the previous output frame with the lost frame's timestamp, so frame count and timing stay intact
   (``VideoReport.corrupt_frames_bridged``). Frames a decoder drops *without* reporting an error
@@ -146,7 +146,7 @@ class VideoOptions:
     strength: 0..1, weight of the motion-compensated previous chroma (0.6 halves i.i.d. flicker).
     batch_size: frames per engine call (at most 8 megapixels per call: fewer frames for large sizes).
     scene_cut_threshold: lightness-histogram distance above which smoothing restarts (see
-        ``engines.temporal``; 0.18, calibrated on the dev clips).
+        ``engines.video.temporal``; 0.18, calibrated on the dev clips).
     segment_seconds: length of the independently encoded segments (see "Interruption" in the module
         docstring): at most this much work is lost when a run is killed.
     """
