@@ -29,11 +29,12 @@ import torch
 
 from benchmarks import ROOT, current_commit
 from benchmarks.quality import evaluate, gray_of, load_photos
-from engines import checkpoint
-from engines.evaluation import training_prior
+from engines.evaluation.scoring import training_prior
+from engines.files import atomic_path
 from engines.metrics import colourfulness, rebalance_weights
+from engines.models import checkpoint
 from engines.pipeline import load_colorizer
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
 
 
 def images_seen(ckpt: checkpoint.EngineCheckpoint) -> int:
@@ -73,10 +74,9 @@ def plot(points: list[dict], gray: dict, true_colourful: float, path: Path, titl
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    tmp.replace(path)
 
 
 def main() -> None:

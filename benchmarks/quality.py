@@ -12,7 +12,7 @@ The photos are split by sorted name: 0-99 for choosing settings (working size, s
 - PSNR (RGB), CIEDE2000, mean over photos;
 - colourfulness (Hasler and Suesstrunk 2003), mean over photos, beside the originals' mean;
 - mean |dL|: CIELAB lightness difference between output and input, after 8-bit rounding;
-- realism probe (``engines.evaluation.RealismProbe``) with the shipped Tiny ImageNet classifier: how
+- realism probe (``engines.evaluation.scoring.RealismProbe``) with the shipped Tiny ImageNet classifier: how
   often its top-1 class on the result equals its top-1 on the original, and the Frechet distance
   between results' and originals' pooled features (100 photos, 256 features: a rank-deficient
   covariance, so compare rows with each other only).
@@ -33,12 +33,13 @@ import numpy as np
 import torch
 
 from benchmarks import ROOT, current_commit
-from engines import checkpoint, color
-from engines.evaluation import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
+from engines import color
+from engines.evaluation.scoring import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
 from engines.metrics import AbErrorCurve, ColourFidelity, ciede2000, colourfulness, psnr, rebalance_weights
+from engines.models import checkpoint
+from engines.models.registry import ENGINES, get_spec
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES, get_spec
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
 
 
 def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:

@@ -23,10 +23,11 @@ import torch
 
 from benchmarks import ROOT, current_commit
 from benchmarks.quality import gallery
-from engines import color, resnet
+from engines import color
 from engines.metrics import AbErrorCurve, RgbErrorCurve, colourfulness, rebalance_weights
+from engines.models import resnet
 from engines.pipeline import load_colorizer
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
 from training.classifier import class_of
 from training.data import load_source
 from training.loop import chroma_prior

@@ -34,9 +34,10 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import ROOT, current_commit
 from benchmarks.eccv16 import ECCV16
-from engines import runtime
+from engines.files import atomic_path
+from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES
+from engines.runtime import backends as runtime
 
 PHOTO = ROOT / "examples" / "astronaut_gray.jpg"
 
@@ -109,7 +110,7 @@ def end_to_end(model: str) -> tuple[float, float, float, float, float]:
     """For ``model`` on the auto backend: in-process photo latency (ms); the whole command in a fresh
     process, first run (empty cache: ONNX export and the CPU runner race) wall s and peak RSS MB,
     then later runs (cache warm) median wall s and peak RSS MB."""
-    from engines.photo_io import read_photo
+    from engines.media.photo_io import read_photo
 
     c = load_colorizer(model, runtime.select_backend("auto"))
     rgb = read_photo(PHOTO).rgb
@@ -164,10 +165,9 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.grid(axis="y", alpha=0.3)
     axes[0][0].legend()
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def main() -> None:

@@ -7,14 +7,14 @@ Speed (the same clip, interleaved runs, median of ``--repeat`` each):
   floor      decode -> RGB -> re-encode with the pipeline's own encoder settings (no colour work), in process
   command    the whole ``colorize CLIP --model gan --backend cpu`` command in a fresh process (start-up,
              model load, smoothing on), as a user runs it
-  off / on   ``engines.video.colorize_video`` in process with the shipped regression engine, smoothing off / on
+  off / on   ``engines.video.film.colorize_video`` in process with the shipped regression engine, smoothing off / on
 The clip (``--clip``; default: the eight davis clips joined and made black and white, 854x480, 425
 frames, built in a temporary folder by ``make_gray_clip``) is what a user would colour. Frames per
 second are wall-clock; CPU ms per frame (user + system, children included) is given too, because on
 a shared machine the wall-clock ratio also measures how much of the CPU the run was given.
 ``--pause-pid PID`` stops that process (e.g. a training run) during the timed runs only.
 
-Temporal stability: the warping error of Lai et al. 2018 (``engines.temporal.warping_error``; flow and
+Temporal stability: the warping error of Lai et al. 2018 (``engines.video.temporal.warping_error``; flow and
 occlusion mask from the original colour frames, output frame t+1 warped back onto t, squared RGB
 distance in [0, 1] summed over channels, mean over non-occluded pixels and frame pairs), for the
 original footage, the output with smoothing off and with smoothing on, over the davis clips (used as
@@ -46,11 +46,12 @@ import numpy as np
 import torch
 
 from benchmarks import ROOT
-from engines import color, temporal
-from engines.evaluation import video_frames
+from engines import color
+from engines.evaluation.scoring import video_frames
 from engines.pipeline import load_colorizer
-from engines.runtime import select_backend
-from engines.video import (
+from engines.runtime.backends import select_backend
+from engines.video import temporal
+from engines.video.film import (
     VideoOptions,
     add_video_encoder,
     colorize_video,
@@ -222,8 +223,8 @@ def peak_rss_mb(clip: Path, dst: Path, threads: int) -> tuple[float, int]:
     code = (
         "import resource, sys, torch; from pathlib import Path;"
         f"torch.set_num_threads({threads});"
-        "from engines.pipeline import load_colorizer; from engines.runtime import select_backend;"
-        "from engines.video import colorize_video;"
+        "from engines.pipeline import load_colorizer; from engines.runtime.backends import select_backend;"
+        "from engines.video.film import colorize_video;"
         "c = load_colorizer('regression', select_backend('cpu'));"
         f"r = colorize_video(Path({str(clip)!r}), Path({str(dst)!r}), c.predict_ab);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.frames)"

@@ -21,7 +21,7 @@ from typer.core import TyperGroup
 
 from colorcli import __version__
 from colorcli.inputs import Job, expand
-from engines.registry import ENGINES, UnknownEngineError, get_spec
+from engines.models.registry import ENGINES, UnknownEngineError, get_spec
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -99,7 +99,7 @@ class RunOptions:
     decode_options: dict = field(default_factory=dict)
     samples: int = 1
     seed: int = 0
-    video: dict = field(default_factory=dict)  # engines.video.VideoOptions fields
+    video: dict = field(default_factory=dict)  # engines.video.film.VideoOptions fields
     threads: int | None = None  # CPU threads for the engine; None: all cores (photos), 1 (films)
     saturation: float = 1.0  # scale of the predicted chroma (engines.pipeline.Colorizer.predict_ab)
     resume: bool = False  # films: continue an interrupted run's work
@@ -242,9 +242,9 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
         return EXIT_USAGE
 
     # Heavy imports only now that the arguments are known to be sensible.
-    from engines.checkpoint import CheckpointError
+    from engines.models.checkpoint import CheckpointError
     from engines.pipeline import load_colorizer
-    from engines.runtime import BackendUnavailable, select_backend
+    from engines.runtime.backends import BackendUnavailable, select_backend
 
     try:
         backend = select_backend(opts.backend)
@@ -308,8 +308,8 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
 def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -> str | None:
     import torch
 
-    from engines.formats import VIDEO_OUTPUT_FORMATS
-    from engines.video import VideoError, VideoOptions, colorize_video
+    from engines.media.formats import VIDEO_OUTPUT_FORMATS
+    from engines.video.film import VideoError, VideoOptions, colorize_video
 
     out = Path(job.output)
     if out.suffix.lower() not in VIDEO_OUTPUT_FORMATS:  # e.g. a film with an image-like or no extension
@@ -371,8 +371,8 @@ def _sample_paths(out: Path, samples: int) -> list[Path]:
 
 def _colorize_one(colorizer, job: Job, opts: RunOptions, progress: _progress) -> str | None:
     """Colour one file (``opts.samples`` colourings); return None on success, else a one-line reason."""
-    from engines.photo_io import PhotoError, read_photo, write_photo
-    from engines.video import is_video
+    from engines.media.photo_io import PhotoError, read_photo, write_photo
+    from engines.video.film import is_video
 
     assert job.output is not None
     if is_video(Path(job.input)):
@@ -430,7 +430,7 @@ class _progress:
                 self._frames = None
 
     def frames(self, done: int, total: int | None) -> None:
-        """Progress within a film: ``engines.video.colorize_video``'s callback."""
+        """Progress within a film: ``engines.video.film.colorize_video``'s callback."""
         if self._bar is None:
             return
         if self._frames is None:  # the first call may bring the frames an earlier (resumed) run did
@@ -478,7 +478,7 @@ def sheet(
     each label is the flags that give that picture with `colorize PHOTO ...`."""
     import numpy as np
 
-    from engines.formats import IMAGE_SUFFIXES
+    from engines.media.formats import IMAGE_SUFFIXES
 
     try:
         names = [m.strip() for m in models.split(",") if m.strip()]
@@ -498,11 +498,11 @@ def sheet(
         _err(f"sheet: output {output} exists (use --overwrite to replace it)")
         raise typer.Exit(EXIT_FAILED)
 
-    from engines.checkpoint import CheckpointError
-    from engines.photo_io import PhotoError, read_photo, write_photo
+    from engines.media.photo_io import PhotoError, read_photo, write_photo
+    from engines.media.sheet import contact_sheet, thumbnail
+    from engines.models.checkpoint import CheckpointError
     from engines.pipeline import load_colorizer
-    from engines.runtime import BackendUnavailable, select_backend
-    from engines.sheet import contact_sheet, thumbnail
+    from engines.runtime.backends import BackendUnavailable, select_backend
 
     try:
         rgb = read_photo(photo).rgb
@@ -548,7 +548,7 @@ def sheet(
 @app.command("models")
 def models() -> None:
     """List the engines with their working size and held-out figures: `colorize models`."""
-    from engines.checkpoint import CheckpointError, load
+    from engines.models.checkpoint import CheckpointError, load
 
     for spec in ENGINES.values():
         typer.echo(f"{spec.name:<16} {spec.summary}")
@@ -594,7 +594,7 @@ def eval_(
 
     AuC, PSNR, SSIM, CIEDE2000, colourfulness, dL; for photos also classifier figures and, given its
     weights, FID; for videos the warping error and CDC. Exit code 2 when sizes or frame counts differ."""
-    from engines.evaluation import (
+    from engines.evaluation.scoring import (
         DEFAULT_CLASSIFIER,
         EvaluationError,
         MismatchError,
@@ -607,7 +607,7 @@ def eval_(
         split_pairs,
         training_prior,
     )
-    from engines.photo_io import PhotoError
+    from engines.media.photo_io import PhotoError
 
     try:
         photos, videos = split_pairs(pair_files(results, truth))
@@ -704,7 +704,7 @@ def trt_build(
 ) -> None:
     """Build (or check) the cached TensorRT engine for a model on this GPU: `colorize trt build -m gan`."""
     from engines.pipeline import load_colorizer
-    from engines.runtime import BackendUnavailable, select_backend
+    from engines.runtime.backends import BackendUnavailable, select_backend
 
     try:
         get_spec(model)
@@ -718,7 +718,7 @@ def trt_build(
 @trt_app.command("list")
 def trt_list() -> None:
     """List cached TensorRT engines: `colorize trt list`."""
-    from engines import trt_backend
+    from engines.runtime import trt_backend
 
     entries = trt_backend.list_entries()
     for path, header in entries:
@@ -737,7 +737,7 @@ def trt_list() -> None:
 @trt_app.command("clear")
 def trt_clear() -> None:
     """Remove cached TensorRT engines and the timing cache: `colorize trt clear`."""
-    from engines import trt_backend
+    from engines.runtime import trt_backend
 
     typer.echo(f"removed {trt_backend.clear()} file(s) from {trt_backend.cache_dir()}")
 
@@ -753,10 +753,10 @@ def export(
         get_spec(model)
     except UnknownEngineError as e:
         raise typer.BadParameter(str(e), param_hint="--model") from None
-    from engines.checkpoint import CheckpointError
-    from engines.export import export_onnx
+    from engines.models.checkpoint import CheckpointError
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
+    from engines.runtime.export import export_onnx
 
     try:
         colorizer = load_colorizer(model, select_backend("cpu"), weights=weights)

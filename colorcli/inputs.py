@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engines.formats import IMAGE_SUFFIXES, VIDEO_OUTPUT_FORMATS, VIDEO_SUFFIXES
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_OUTPUT_FORMATS, VIDEO_SUFFIXES
 
 # Folders yield these; an explicitly named file is always attempted. Outputs keep the input's
 # suffix where it can be written; any other photo is written as PNG, any other film as MP4.

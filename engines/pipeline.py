@@ -16,10 +16,13 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, gan, regression, runtime, trt_backend
-from engines.registry import get_spec
-from engines.runtime import Backend
-from engines.unet import UNet
+from engines import color
+from engines.models import checkpoint, classification, gan, regression
+from engines.models.registry import get_spec
+from engines.models.unet import UNet
+from engines.runtime import backends as runtime
+from engines.runtime import trt_backend
+from engines.runtime.backends import Backend
 
 # Each family turns the network's raw output into ab (CIELAB units): ``decode(raw, family_state, **options)``.
 FAMILIES: dict[str, Callable[..., torch.Tensor]] = {
@@ -181,9 +184,9 @@ def load_colorizer(
     size = working_size or ckpt.working_size
     net = ckpt.build_model()
     notes = backend.notes
-    if backend.name == "tensorrt":  # unverified path: see engines/trt_backend.py
+    if backend.name == "tensorrt":  # unverified path: see engines/runtime/trt_backend.py
         net = trt_backend.engine_for(path, net, size)
-    elif backend.name == "cuda":  # unverified path: see engines/runtime.py
+    elif backend.name == "cuda":  # unverified path: see engines/runtime/backends.py
         net = runtime.CudaModel(net)
     elif backend.name == "onnxruntime":
         net = runtime.OnnxRuntimeModel(net, trt_backend.file_sha256(path))

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from engines import classification
 from engines.metrics import AB_GRID, ab_histogram
+from engines.models import classification
 
 
 def _centres() -> torch.Tensor:
@@ -101,10 +101,10 @@ def test_rebalancing_correction_recovers_the_unweighted_distribution():
 def test_engine_records_its_rebalancing_weights_and_decoding_defaults(tmp_path):
     import numpy as np
 
-    from engines import checkpoint
     from engines.metrics import ab_bin_index
+    from engines.models import checkpoint
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
     from tests.test_training import _make_folder, _tiny_config
     from training.decoding import set_decoding
     from training.loop import train

@@ -10,8 +10,8 @@ import torch
 from typer.testing import CliRunner
 
 from colorcli.app import app
-from engines import resnet
-from engines.evaluation import RealismProbe, realism_networks
+from engines.evaluation.scoring import RealismProbe, realism_networks
+from engines.models import resnet
 from training import classifier as trainer
 
 runner = CliRunner()

@@ -232,8 +232,8 @@ def test_samples_need_a_noise_engine(tmp_path):
 
 def test_samples_and_seed_with_a_gan_checkpoint(tmp_path):
     """A tiny GAN generator with a noise channel, saved in the shipped format, gives N different colourings."""
-    from engines import checkpoint
-    from engines.unet import UNet, UNetConfig
+    from engines.models import checkpoint
+    from engines.models.unet import UNet, UNetConfig
 
     torch.manual_seed(0)
     gen = UNet(UNetConfig(in_channels=2, widths=(8, 16, 32, 64)))

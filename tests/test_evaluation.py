@@ -13,9 +13,8 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from typer.testing import CliRunner
 
 from colorcli.app import app
-from engines import temporal
 from engines.color import lab_to_rgb
-from engines.evaluation import (
+from engines.evaluation.scoring import (
     EvaluationError,
     MismatchError,
     evaluate_pairs,
@@ -26,6 +25,7 @@ from engines.evaluation import (
     video_frames,
 )
 from engines.metrics import cdc, ciede2000, psnr, ssim
+from engines.video import temporal
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_video_against_itself_is_perfect_and_matches_the_truths_own_temporal_num
     assert summary["warping_error"] == summary["warping_error_truth"]
     assert summary["cdc"] == summary["cdc_truth"]
     # The numbers are those of the library functions on the decoded frames: the warping error of
-    # engines.temporal (flow from the truth) and the CDC of engines.metrics.
+    # engines.video.temporal (flow from the truth) and the CDC of engines.metrics.
     frames = [f.astype(np.float32) / 255 for f in moving_frames()]
     assert summary["warping_error_truth"] == pytest.approx(temporal.warping_error(frames, frames), rel=1e-12)
     assert summary["cdc_truth"] == pytest.approx(cdc(torch.from_numpy(f).permute(2, 0, 1) for f in moving_frames()))

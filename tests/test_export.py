@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engines.export import INPUT_NAME, export_onnx
+from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES
-from engines.runtime import select_backend
+from engines.runtime.backends import select_backend
+from engines.runtime.export import INPUT_NAME, export_onnx
 
 ort = pytest.importorskip("onnxruntime")
 

@@ -1,4 +1,4 @@
-"""Tests for engines.inception: the FID Inception's layout and loading, and the Frechet distance's known answers.
+"""Tests for engines.evaluation.inception: the FID Inception's layout and loading, and the Frechet distance's known answers.
 
 The real weights file (pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``) cannot be downloaded here, so
 the layout is checked against names and counts restated from pytorch-fid's and torchvision's inception.py,
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from engines import inception as I
+from engines.evaluation import inception as I
 
 # Expected names, restated from torchvision's Inception3 (which pytorch-fid patches) rather than read
 # from our module: block -> its BasicConv2d submodules.

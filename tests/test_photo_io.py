@@ -1,4 +1,4 @@
-"""Tests for engines.photo_io: decoding and encoding still images with PyAV.
+"""Tests for engines.media.photo_io: decoding and encoding still images with PyAV.
 
 Every input is made here in tmp_path: with Pillow or OpenCV (independent encoders) for reading,
 and checked with OpenCV or Pillow (independent decoders) after writing.
@@ -19,8 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from engines import photo_io
-from engines.photo_io import MAX_PIXELS, SUPPORTED_SUFFIXES, Photo, PhotoError, read_photo, write_photo
+from engines import files
+from engines.media import photo_io
+from engines.media.formats import IMAGE_SUFFIXES
+from engines.media.photo_io import MAX_PIXELS, Photo, PhotoError, read_photo, write_photo
 
 RNG_SEED = 1234
 
@@ -211,7 +213,7 @@ def test_jpeg_drops_alpha_and_writes_8_bits(tmp_path):
     assert np.abs(photo.rgb - rgb).mean() < 2 / 255  # alpha 0 did not blank the colours
 
 
-@pytest.mark.parametrize("suffix", SUPPORTED_SUFFIXES)
+@pytest.mark.parametrize("suffix", IMAGE_SUFFIXES)
 @pytest.mark.parametrize("shape", [(1, 1), (3, 5), (5, 3)])
 def test_tiny_and_odd_sizes(tmp_path, suffix, shape):
     h, w = shape
@@ -293,7 +295,8 @@ def test_permission_denied_on_temporary_file(tmp_path, monkeypatch):
     unreadable.write_bytes(b"\x89PNG")
     out_dir = tmp_path / "out"
     out_dir.mkdir()
-    monkeypatch.setattr(photo_io, "open", deny, raising=False)
+    monkeypatch.setattr(photo_io, "open", deny, raising=False)  # reading
+    monkeypatch.setattr(files, "open", deny, raising=False)  # writing: engines.files makes the temporary file
     with pytest.raises(PhotoError, match="^cannot write: permission denied$"):
         write_photo(out_dir / "out.png", np.zeros((2, 2, 3), np.float32))
     with pytest.raises(PhotoError, match="^permission denied$"):
@@ -749,7 +752,7 @@ def test_zero_size_header(tmp_path):
 
 
 def test_public_constants():
-    assert set(SUPPORTED_SUFFIXES) == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
+    assert set(IMAGE_SUFFIXES) == {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp"}
     assert MAX_PIXELS == 100_000_000
     assert photo_io.read_photo.__defaults__ == (MAX_PIXELS,)
 

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint
 from engines.metrics import AbErrorCurve, colourfulness
+from engines.models import checkpoint
+from engines.models.registry import ENGINES
+from engines.models.unet import UNet, UNetConfig
 from engines.pipeline import Colorizer, guided_upsample, load_colorizer
-from engines.registry import ENGINES
-from engines.runtime import select_backend
-from engines.unet import UNet, UNetConfig
+from engines.runtime.backends import select_backend
 from tests.conftest import lightness
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from engines import checkpoint, color, resnet
-from engines.unet import UNet, UNetConfig
+from engines import color
+from engines.models import checkpoint, resnet
+from engines.models.unet import UNet, UNetConfig
 from tests.test_training import _make_folder, _tiny_config
 from training.config import from_dict
 from training.loop import train
@@ -69,9 +70,9 @@ def test_gray_value_matches_the_lab_conversion():
 
 def test_resnet_gan_trains_into_an_engine_that_the_pipeline_and_onnx_run(tmp_path):
     ort = pytest.importorskip("onnxruntime")
-    from engines.export import INPUT_NAME, export_onnx
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
+    from engines.runtime.export import INPUT_NAME, export_onnx
 
     clf_path = _classifier_file(tmp_path)
     folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)

@@ -6,11 +6,12 @@ import json
 import pytest
 import torch
 
-from engines import color, runtime
-from engines.photo_io import read_photo
+from engines import color
+from engines.media.photo_io import read_photo
+from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
-from engines.registry import ENGINES
-from engines.runtime import BackendUnavailable, select_backend
+from engines.runtime import backends as runtime
+from engines.runtime.backends import BackendUnavailable, select_backend
 
 pytest.importorskip("onnxruntime")
 

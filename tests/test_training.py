@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines import checkpoint
+from engines.models import checkpoint
 from training import distributed
 from training.config import TrainConfig, from_dict, load_recipe
 from training.data import FRAME_MARK, GRAY_CHROMA_P95, _split_key, chroma_p95, load_source, validation_mask
@@ -282,7 +282,7 @@ def test_resume_continues_exactly(tmp_path):
 
 def test_tiny_classification_run_exports_an_engine_the_pipeline_decodes(tmp_path):
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
 
     folder = _make_folder(tmp_path / "imgs", n_colour=40, n_gray=0)
     cfg = _tiny_config(folder, tmp_path, family="classification", max_steps=24, lr=5e-3)
@@ -403,7 +403,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
 @pytest.mark.parametrize("gan_loss", ["bce", "lsgan", "wgan-gp"])
 def test_tiny_gan_run_pretrains_then_trains_the_critic_and_resumes_exactly(tmp_path, gan_loss):
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
 
     folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
     cfg = _tiny_config(folder, tmp_path, family="gan", gan_loss=gan_loss, gan_pretrain_steps=3)
@@ -426,7 +426,7 @@ def test_tiny_gan_run_pretrains_then_trains_the_critic_and_resumes_exactly(tmp_p
 
 
 def test_soup_interpolates_weights_and_recalibrates_batchnorm(tmp_path):
-    from engines.unet import UNet, UNetConfig
+    from engines.models.unet import UNet, UNetConfig
     from training.soup import soup
 
     cfg = UNetConfig(widths=(8, 16, 32, 64))
@@ -453,7 +453,7 @@ def test_soup_of_gan_engines_sees_their_colour_space_and_noise_channel(tmp_path)
     """BatchNorm re-estimation must feed a GAN generator what it sees at work: two input channels
     (gray and noise) and its colour space's gray, here YUV's, not CIELAB's normalised L."""
     from engines import color
-    from engines.unet import UNet, UNetConfig
+    from engines.models.unet import UNet, UNetConfig
     from training.soup import soup
 
     cfg = UNetConfig(in_channels=2, widths=(8, 16, 32, 64), color_space="yuv")
@@ -541,7 +541,7 @@ def test_warm_start_copies_matching_layers_and_widens_the_first_for_noise(tmp_pa
 @pytest.mark.parametrize("family", ["regression", "classification"])
 def test_yuv_engine_records_its_colour_space_and_colours_through_the_pipeline(tmp_path, family):
     from engines.pipeline import load_colorizer
-    from engines.runtime import select_backend
+    from engines.runtime.backends import select_backend
 
     folder = _make_folder(tmp_path / "imgs", n_colour=40, n_gray=0)
     train(_tiny_config(folder, tmp_path, family=family, color_space="yuv", max_steps=8), tmp_path / "run")
@@ -602,7 +602,7 @@ def test_bf16_autocast_trains_channels_last_and_the_choice_is_logged(tmp_path, c
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_has_it_in_hardware():
-    from engines.runtime import cpu_has_fast_bf16
+    from engines.runtime.backends import cpu_has_fast_bf16
     from training.tasks import resolve_precision
 
     flags = set(Path("/proc/cpuinfo").read_text().split()) if Path("/proc/cpuinfo").exists() else set()

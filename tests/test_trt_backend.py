@@ -9,8 +9,8 @@ import torch
 from typer.testing import CliRunner
 
 from colorcli.app import app
-from engines import trt_backend as trt
-from engines.runtime import BackendUnavailable, select_backend
+from engines.runtime import trt_backend as trt
+from engines.runtime.backends import BackendUnavailable, select_backend
 
 
 def _key(**changes) -> trt.CacheKey:

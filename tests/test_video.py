@@ -1,4 +1,4 @@
-"""The video pipeline (engines.video) and temporal consistency (engines.temporal), on tiny clips made here."""
+"""The video pipeline (engines.video.film) and temporal consistency (engines.video.temporal), on tiny clips made here."""
 
 from __future__ import annotations
 
@@ -19,10 +19,11 @@ import numpy as np
 import pytest
 import torch
 
-from engines import color, temporal
+from engines import color
+from engines.models.unet import UNet, UNetConfig
 from engines.pipeline import Colorizer
-from engines.unet import UNet, UNetConfig
-from engines.video import (
+from engines.video import temporal
+from engines.video.film import (
     VideoError,
     VideoOptions,
     _frame_to_rgb,
@@ -566,7 +567,7 @@ def test_progress_reports_every_frame(tmp_path):
 
 
 def test_is_video(tmp_path):
-    from engines.photo_io import write_photo
+    from engines.media.photo_io import write_photo
 
     make_clip(tmp_path / "film.mp4", n=3)
     make_clip(tmp_path / "film.bin", n=3, fmt="matroska")  # no telling suffix: probed

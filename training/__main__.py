@@ -13,8 +13,8 @@ import sys
 import time
 from pathlib import Path
 
-from engines import runtime
-from engines.checkpoint import CheckpointError
+from engines.models.checkpoint import CheckpointError
+from engines.runtime import backends as runtime
 from training import distributed
 from training.config import load_recipe
 from training.data import DataError

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from engines import resnet
-from engines.checkpoint import atomic_torch_save
+from engines.files import atomic_path
+from engines.models import resnet
 from training.data import BatchSampler, load_source, validation_mask
 
 
@@ -122,18 +122,19 @@ def main(argv: list[str] | None = None) -> int:
     recipe["test"] = [str(s) for s in args.test]
 
     def save_state() -> None:
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "opt": opt.state_dict(),
-                "sched": sched.state_dict(),
-                "sampler": sampler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "step": step,
-                "best": best,
-            },
-            state_path,
-        )
+        with atomic_path(state_path) as tmp:
+            torch.save(
+                {
+                    "model": model.state_dict(),
+                    "opt": opt.state_dict(),
+                    "sched": sched.state_dict(),
+                    "sampler": sampler.state_dict(),
+                    "torch_rng": torch.get_rng_state(),
+                    "step": step,
+                    "best": best,
+                },
+                tmp,
+            )
 
     t0, last_save, last_print, seen0 = time.monotonic(), time.monotonic(), 0.0, step
     while step < max_steps:

@@ -27,8 +27,8 @@ class TrainConfig:
     color_space: str = "lab"
     # Model
     widths: tuple[int, ...] = (32, 64, 128, 256)
-    norm: str = "batch"  # "batch" or "group" (see engines.unet.UNetConfig)
-    # "plain" or "resnet18" (see engines.unet.UNetConfig); ``encoder_from``: a classifier file
+    norm: str = "batch"  # "batch" or "group" (see engines.models.unet.UNetConfig)
+    # "plain" or "resnet18" (see engines.models.unet.UNetConfig); ``encoder_from``: a classifier file
     # (``python -m training.classifier``) whose stem and stages initialise the ResNet encoder, trained
     # at ``encoder_lr_scale`` times the learning rate so that its features are adapted, not erased.
     encoder: str = "plain"

@@ -3,15 +3,14 @@ a grayscale filter, a deterministic validation split, and batched augmentation i
 
 Images are decoded with OpenCV here rather than PyAV: a training set is tens of thousands of small
 files, and opening one demuxer per file costs more than the whole decode. (Photos given to the CLI go
-through PyAV, see ``engines.photo_io``.) Films, alone or inside a folder, go through PyAV
-(``engines.video.sample_frames``), a few frames per second of each.
+through PyAV, see ``engines.media.photo_io``.) Films, alone or inside a folder, go through PyAV
+(``engines.video.film.sample_frames``), a few frames per second of each.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import os
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -24,9 +23,10 @@ import torch
 from torch.nn import functional as F
 
 from engines import color
-from engines.formats import VIDEO_SUFFIXES
+from engines.files import atomic_path
+from engines.media.crop import centre_square
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 # An image whose 95th-percentile chroma (CIELAB, sqrt(a^2 + b^2)) is below this is gray or nearly so
 # (including most sepia and toned prints): it would teach the model to output gray.
 GRAY_CHROMA_P95 = 6.0
@@ -85,23 +85,12 @@ def check_source(path: Path) -> None:
         raise DataError(f"source {path}: not a folder, a tar archive, a video file or a {LIST_SUFFIX} list")
 
 
-def _square(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre crop to a square and resize to ``size`` (area when shrinking)."""
-    h, w = image.shape[:2]
-    s = min(h, w)
-    y0, x0 = (h - s) // 2, (w - s) // 2
-    image = image[y0 : y0 + s, x0 : x0 + s]
-    if s != size:
-        image = cv2.resize(image, (size, size), interpolation=cv2.INTER_AREA if s > size else cv2.INTER_CUBIC)
-    return np.ascontiguousarray(image)
-
-
 def decode_rgb(data: bytes, size: int) -> np.ndarray | None:
     """Encoded image -> ``rgb_u8 (size, size, 3)``: centre crop to a square, area-resize. None if undecodable."""
     bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if bgr is None:
         return None
-    return _square(bgr[:, :, ::-1], size)
+    return centre_square(bgr[:, :, ::-1], size)
 
 
 def _is_film(path: Path) -> bool:
@@ -110,11 +99,11 @@ def _is_film(path: Path) -> bool:
 
 def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
     # Imported here: PyAV is needed for films only, and a GPU machine training on packed images may lack it.
-    from engines.video import VideoError, sample_frames
+    from engines.video.film import VideoError, sample_frames
 
     try:
         for index, rgb in sample_frames(path, VIDEO_FRAMES_PER_SECOND):
-            yield f"{name}{FRAME_MARK}{index:06d}", _square(rgb, size)
+            yield f"{name}{FRAME_MARK}{index:06d}", centre_square(rgb, size)
     except VideoError:
         return  # unreadable, like an undecodable image: skipped
 
@@ -223,10 +212,8 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
     rgb_u8 = np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
     keep = np.ones(len(rgb_u8), bool) if keep_gray else chroma_p95(rgb_u8) >= GRAY_CHROMA_P95
     result = ImageSet(rgb_u8[keep], [n for n, k in zip(names, keep) if k], int((~keep).sum()))
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".tmp{os.getpid()}.npz")
-    np.savez(tmp, rgb_u8=result.rgb_u8, names=np.array(result.names), dropped_gray=result.dropped_gray)
-    os.replace(tmp, cache)
+    with atomic_path(cache) as tmp:  # the temporary name ends in .npz, so savez adds nothing
+        np.savez(tmp, rgb_u8=result.rgb_u8, names=np.array(result.names), dropped_gray=result.dropped_gray)
     return result
 
 

@@ -14,9 +14,9 @@ import argparse
 from dataclasses import replace
 from pathlib import Path
 
-from engines import checkpoint, classification
-from engines.evaluation import training_prior
+from engines.evaluation.scoring import training_prior
 from engines.metrics import rebalance_weights
+from engines.models import checkpoint, classification
 
 
 def set_decoding(src: Path, out: Path, temperature: float, correction: float) -> checkpoint.EngineCheckpoint:

@@ -5,7 +5,6 @@ step 0 is the untrained or warm-started model, so the first and last grids are a
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -13,6 +12,7 @@ import numpy as np
 import torch
 
 from engines import color
+from engines.files import atomic_path
 
 # Scalars logged per validation that are worth a curve, by panel.
 _LOSS_KEYS = ("loss", "recon", "critic_loss", "g_adv")
@@ -21,11 +21,9 @@ _VAL_KEYS = (("auc", "gray_auc"), ("auc_rebal", "gray_auc_rebal"), ("colourfulne
 
 def _write_png(path: Path, rgb_u8: np.ndarray) -> None:
     """Atomic write, so a run killed mid-write never leaves half a PNG."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb_u8, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"could not write {tmp}")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb_u8, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {tmp}")
 
 
 def sample_grid(task, rgb: torch.Tensor, scale: int = 2) -> np.ndarray:
@@ -72,7 +70,6 @@ def write_curves(log_path: Path, out_path: Path) -> None:
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = out_path.with_name(f".{out_path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=90)
+    with atomic_path(out_path) as tmp:
+        fig.savefig(tmp, dpi=90)
     plt.close(fig)
-    os.replace(tmp, out_path)

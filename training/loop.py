@@ -12,12 +12,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
-import cv2
 import numpy as np
 import torch
 
-from engines import checkpoint, color
+from engines import color
+from engines.files import atomic_path
+from engines.media.crop import centre_square
 from engines.metrics import AbErrorCurve, ab_histogram, colourfulness, rebalance_weights
+from engines.models import checkpoint
 from training import distributed, figures
 from training.config import TrainConfig
 from training.data import BatchSampler, DataError, training_sets
@@ -94,9 +96,8 @@ class _StopRequests:
 
 
 def _save_state(path: Path, payload: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def export_engine(task, cfg: TrainConfig, metrics: dict, step: int, path: Path) -> None:
@@ -252,7 +253,7 @@ def train(
 
 
 def _centre(arr: np.ndarray, size: int) -> np.ndarray:
-    """Whole images resized to the crop size, so validation sees the same framing for every source."""
+    """Whole (square) images resized to the crop size, so validation sees the same framing for every source."""
     if arr.shape[1] == size:
         return arr
-    return np.stack([cv2.resize(a, (size, size), interpolation=cv2.INTER_AREA) for a in arr])
+    return np.stack([centre_square(a, size) for a in arr])

@@ -23,6 +23,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engines.files import atomic_path
 from training.config import load_recipe
 from training.data import DataError, load_source, validation_mask
 
@@ -50,12 +51,10 @@ def pack(recipe: Path, out: Path, max_mb: float, quality: int = 75, seed: int = 
         weight = len(train) * (cfg.source_repeats[i] if cfg.source_repeats else 1)
         sources.append((Path(src).name, images, rng.permutation(train), weight))
     budget = max_mb * 2**20
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     # gzip shrinks what the JPEGs repeat (their headers) and the tar's headers and padding by an amount
     # known only once written: aim at the budget, then correct the aim by the size reached.
     target, members = budget, []
-    try:
+    with atomic_path(out) as tmp:
         for _ in range(4):
             members = _choose(sources, target, quality)
             _write(members, tmp)
@@ -67,9 +66,6 @@ def pack(recipe: Path, out: Path, max_mb: float, quality: int = 75, seed: int = 
         if size > budget:
             members = _choose(sources, target, quality)
             _write(members, tmp)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     per_source = [sum(name.startswith(f"{s[0]}/") for name, _ in members) for s in sources]
     return {"images": len(members), "bytes": out.stat().st_size, "per_source": per_source}
 

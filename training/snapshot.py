@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engines import checkpoint
+from engines.models import checkpoint
 
 
 def snapshot(run_dir: Path, out: Path) -> checkpoint.EngineCheckpoint:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import torch
 
-from engines import checkpoint, color, gan
+from engines import color
+from engines.models import checkpoint, gan
 from training.config import load_recipe
 from training.data import BatchSampler, training_sets
 

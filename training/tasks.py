@@ -9,9 +9,11 @@ from pathlib import Path
 import torch
 from torch.nn import functional as F
 
-from engines import checkpoint, classification, color, gan, resnet, runtime
+from engines import color
 from engines.metrics import ab_bin_index, rebalance_weights
-from engines.unet import UNet, UNetConfig
+from engines.models import checkpoint, classification, gan, resnet
+from engines.models.unet import UNet, UNetConfig
+from engines.runtime import backends as runtime
 from training import distributed
 from training.config import TrainConfig
 

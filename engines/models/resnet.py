@@ -19,6 +19,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from engines.files import atomic_path
+
 FORMAT = "colorize-classifier/1"
 # Inputs are sRGB in [0, 1], standardised per channel with fixed values (those of ImageNet photos).
 MEAN = (0.485, 0.456, 0.406)
@@ -116,8 +118,6 @@ class ClassifierFile:
 
 def save(cf: ClassifierFile, path: Path) -> None:
     """Write atomically, float weights as fp16 (half the size)."""
-    from engines.checkpoint import atomic_torch_save  # here: engines.checkpoint imports the U-Net, which imports this
-
     sd = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in cf.state_dict.items()}
     payload = {
         "format": FORMAT,
@@ -127,7 +127,8 @@ def save(cf: ClassifierFile, path: Path) -> None:
         "trained_on": cf.trained_on,
         "metrics": cf.metrics,
     }
-    atomic_torch_save(payload, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load(path: Path) -> ClassifierFile:

@@ -5,7 +5,7 @@ never works at full working resolution), four levels of plain 3x3 conv + BatchNo
 convolutions at inference and exports cleanly to ONNX), and a cheap global-context branch at the
 bottleneck so that scene-level evidence (outdoor vs indoor, sky vs water) reaches every pixel.
 
-``encoder = "resnet18"`` swaps the plain encoder for a ResNet-18 (``engines.resnet``) that the project
+``encoder = "resnet18"`` swaps the plain encoder for a ResNet-18 (``engines.models.resnet``) that the project
 pre-trains as an image classifier (DeOldify's recipe, with an encoder we train ourselves): it sees the
 gray picture as sRGB, as the classifier saw colour photos, so its semantic features carry over.
 """
@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from engines import color
-from engines.resnet import ResNet, ResNetConfig
+from engines.models.resnet import ResNet, ResNetConfig
 
 ENCODERS = ("plain", "resnet18")
 
@@ -163,7 +163,7 @@ class ResNetEncoder(nn.Module):
         self.channels = (w0, *config.widths)
 
     def load_classifier(self, config: ResNetConfig, state_dict: dict[str, torch.Tensor]) -> int:
-        """Copy a trained classifier's stem and stages (``engines.resnet.ClassifierFile``); returns the
+        """Copy a trained classifier's stem and stages (``engines.models.resnet.ClassifierFile``); returns the
         number of tensors copied. The classifier must have this encoder's layout."""
         mine = ResNetConfig(widths=config.widths, stem_stride=2, stem_pool=True)
         if (config.widths, config.blocks, config.stem_stride, config.stem_pool) != (

@@ -15,14 +15,14 @@ Pairs files by relative path (extension ignored), scores each pair and pools the
 Videos (two films, or two folders of films paired the same way) are scored frame by frame with the
 same per-image metrics, pooled over all frames of all videos (AuC over all pixels, the means over
 frames), plus two temporal metrics per video, averaged over videos:
-- warping error (Lai et al. 2018, ``engines.temporal``): flow and occlusion mask from each pair of
+- warping error (Lai et al. 2018, ``engines.video.temporal``): flow and occlusion mask from each pair of
   consecutive *truth* frames; the squared RGB distance between result frame t and result frame t+1
   warped onto t, summed over channels and averaged over the non-occluded pixels and the pairs. Given
   for the truth too (its own warping error: what motion and occlusion leave even in a perfect film);
 - CDC, colour distribution consistency (Liu et al. 2021, ``engines.metrics.ColourDistributionConsistency``):
   the Jensen-Shannon divergence of the per-channel 8-bit RGB histograms of frames 1, 2 and 4 apart;
   for the result and the truth.
-With a classifier (``--classifier``; the project trains its own, see ``engines.resnet``), a realism
+With a classifier (``--classifier``; the project trains its own, see ``engines.models.resnet``), a realism
 probe (``RealismProbe``): the classifier's top-1 agreement between each result and its truth, its
 accuracy on both when the truth is filed in folders named after its classes, and a Frechet distance
 between the results' and the truths' pooled classifier features (labelled with the classifier: it is
@@ -46,7 +46,9 @@ import numpy as np
 import torch
 
 from engines import color
-from engines.formats import VIDEO_SUFFIXES
+from engines.media.crop import centre_square
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.media.photo_io import read_photo
 from engines.metrics import (
     AbErrorCurve,
     ColourDistributionConsistency,
@@ -57,13 +59,12 @@ from engines.metrics import (
     rebalance_weights,
     ssim,
 )
-from engines.photo_io import SUPPORTED_SUFFIXES, read_photo
-from engines.temporal import pair_warping_error, reference_flow
-from engines.video import decode_colorspace, is_video
+from engines.video.film import decode_colorspace, is_video
+from engines.video.temporal import pair_warping_error, reference_flow
 
 PRIOR_FILE = "ab_prior.json"
 # The realism probe's default classifier: trained here on Tiny ImageNet (``python -m training.classifier``).
-DEFAULT_CLASSIFIER = Path(__file__).resolve().parent / "weights" / "classifier-tinyimagenet.pt"
+DEFAULT_CLASSIFIER = Path(__file__).resolve().parents[1] / "weights" / "classifier-tinyimagenet.pt"
 
 
 class EvaluationError(ValueError):
@@ -92,7 +93,7 @@ def training_prior() -> torch.Tensor:
 
 
 def _media(folder: Path) -> dict[str, Path]:
-    suffixes = set(SUPPORTED_SUFFIXES) | VIDEO_SUFFIXES
+    suffixes = set(IMAGE_SUFFIXES) | VIDEO_SUFFIXES
     return {
         str(p.relative_to(folder).with_suffix("")): p
         for p in sorted(folder.rglob("*"))
@@ -119,7 +120,7 @@ def _is_video(path: Path) -> bool:
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         return True
-    return suffix not in SUPPORTED_SUFFIXES and is_video(path)
+    return suffix not in IMAGE_SUFFIXES and is_video(path)
 
 
 def split_pairs(pairs: list[tuple[str, Path, Path]]) -> tuple[list, list]:
@@ -236,13 +237,8 @@ class RealismProbe:
 
     @staticmethod
     def _square(rgb: np.ndarray, side: int) -> torch.Tensor:
-        import cv2
-
-        h, w = rgb.shape[:2]
-        s = min(h, w)
-        crop = rgb[(h - s) // 2 : (h - s) // 2 + s, (w - s) // 2 : (w - s) // 2 + s]
-        crop = crop.astype(np.float32) / 255 if crop.dtype == np.uint8 else crop.astype(np.float32)
-        crop = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA if s > side else cv2.INTER_CUBIC)
+        rgb = rgb.astype(np.float32) / 255 if rgb.dtype == np.uint8 else rgb.astype(np.float32)
+        crop = centre_square(rgb, side)
         return torch.from_numpy(np.clip(crop, 0, 1)).permute(2, 0, 1)[None]
 
     @torch.inference_mode()
@@ -279,10 +275,10 @@ class RealismProbe:
 
 def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
     """The networks a ``RealismProbe`` runs: our classifier (a file from ``python -m training.classifier``)
-    and, when given, the FID Inception (``engines.inception``). Raises EvaluationError for a bad file."""
+    and, when given, the FID Inception (``engines.evaluation.inception``). Raises EvaluationError for a bad file."""
     networks: dict = {}
     if classifier is not None:
-        from engines import resnet
+        from engines.models import resnet
 
         try:
             cf = resnet.load(classifier)
@@ -291,7 +287,7 @@ def realism_networks(classifier: Path | None, inception: Path | None) -> dict:
         net = cf.build()
         networks[classifier.stem] = (net.features, net.fc, cf.config.image_size, cf.classes)
     if inception is not None:
-        from engines.inception import load_fid_inception
+        from engines.evaluation.inception import load_fid_inception
 
         try:
             net = load_fid_inception(inception)
@@ -323,7 +319,7 @@ def evaluate_pairs(
 def video_frames(path: Path) -> Iterator[np.ndarray]:
     """The frames of the first video stream (cover art skipped) as 8-bit RGB ``(H, W, 3)``, converted
     with the stream's declared matrix and range as the film pipeline reads them
-    (``engines.video.decode_colorspace``), each at the first frame's size. Streamed, one frame at a time.
+    (``engines.video.film.decode_colorspace``), each at the first frame's size. Streamed, one frame at a time.
     Raises EvaluationError when the file cannot be opened or decoded."""
     try:
         with av.open(str(path)) as container:

@@ -8,13 +8,13 @@ This file is the input of the TensorRT builder (issue #5, not part of this build
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import torch
 
-from engines.unet import UNet
+from engines.files import atomic_path
+from engines.models.unet import UNet
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "l_norm", "ab_norm"
@@ -25,21 +25,16 @@ def export_onnx(model: UNet, path: Path, example_size: tuple[int, int] = (64, 96
     model = model.eval().cpu()
     example = torch.zeros(1, model.config.in_channels, *example_size)
     axes = {0: "batch", 2: "height", 3: "width"}
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with warnings.catch_warnings(), torch.inference_mode():
-            # The TorchScript-based exporter needs no extra packages and handles this plain CNN fully.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model,
-                (example,),
-                str(tmp),
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
-                opset_version=OPSET,
-                dynamo=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The TorchScript-based exporter needs no extra packages and handles this plain CNN fully.
+    with atomic_path(path) as tmp, warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model,
+            (example,),
+            str(tmp),
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: axes},
+            opset_version=OPSET,
+            dynamo=False,
+        )

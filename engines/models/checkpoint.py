@@ -18,13 +18,13 @@ loading one never runs code. Keys:
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from engines.unet import UNet, UNetConfig
+from engines.files import atomic_path
+from engines.models.unet import UNet, UNetConfig
 
 FORMAT = "colorize-checkpoint/1"
 
@@ -67,18 +67,8 @@ def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
         "metrics": ckpt.metrics,
         "family_state": ckpt.family_state,
     }
-    atomic_torch_save(payload, path)
-
-
-def atomic_torch_save(payload: dict, path: Path) -> None:
-    """``torch.save`` to a temporary name in the same folder, then rename: never a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def load(path: Path) -> EngineCheckpoint:

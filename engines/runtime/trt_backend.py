@@ -24,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from engines.export import INPUT_NAME
+from engines.files import write_bytes
+from engines.runtime.export import INPUT_NAME
 
 MAGIC = b"COLORIZE-TRT\x01"
 TIMING_CACHE = "timing.cache"
@@ -84,16 +85,7 @@ def write_entry(path: Path, key: CacheKey, payload: bytes) -> None:
             "sha256": hashlib.sha256(payload).hexdigest(),
         }
     ).encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(MAGIC + struct.pack("<Q", len(header)) + header + payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_bytes(path, MAGIC + struct.pack("<Q", len(header)) + header + payload)
 
 
 def _read_header(path: Path) -> tuple[dict, int] | None:
@@ -198,10 +190,7 @@ def build_engine(onnx_path: Path, precision: str, profile: Profile, timing_cache
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError("TensorRT failed to build the engine")
-    timing_cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = timing_cache.with_name(f".{timing_cache.name}.tmp{os.getpid()}")
-    tmp.write_bytes(memoryview(cache.serialize()))
-    os.replace(tmp, timing_cache)
+    write_bytes(timing_cache, bytes(memoryview(cache.serialize())), fsync=False)
     return bytes(serialized)
 
 
@@ -245,7 +234,7 @@ def engine_for(
     """The cached engine for these weights on this GPU, built (and cached) first if needed. UNVERIFIED."""
     import tempfile
 
-    from engines.export import export_onnx
+    from engines.runtime.export import export_onnx
 
     profile = Profile.for_pipeline(working_size, multiple=model.multiple)
     key = current_key(weights, precision, profile)

@@ -50,7 +50,7 @@ Decisions
   VP9 profile 1) rather than padded or cropped; FFmpeg-based players (mpv, VLC, browsers through
   FFmpeg) play it, some hardware decoders do not, and the report says so.
 - Lightness: the output's CIELAB L is the input's (up to 8-bit and codec rounding); only ab comes from
-  the engine, and smoothing touches only ab (see ``engines.temporal``).
+  the engine, and smoothing touches only ab (see ``engines.video.temporal``).
 - Corrupt input: a packet the decoder rejects, or a frame it flags as damaged, is replaced by a copy of
   the previous output frame with the lost frame's timestamp, so frame count and timing stay intact
   (``VideoReport.corrupt_frames_bridged``). Frames a decoder drops *without* reporting an error
@@ -70,7 +70,6 @@ Decisions
 from __future__ import annotations
 
 import contextlib
-import errno
 import io
 import json
 import os
@@ -90,13 +89,15 @@ import numpy as np
 import torch
 from av.video.reformatter import ColorRange, Colorspace
 
-from engines import color, runtime
-from engines.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
-from engines.formats import VIDEO_SUFFIXES
-from engines.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
+from engines import color
+from engines.files import os_reason as _os_reason
+from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
+from engines.media.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
+from engines.runtime import backends as runtime
+from engines.video.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
 
 # Still images, and GIF, which the photo path handles (its first frame).
-_PHOTO_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp", ".gif"})
+_PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".gif"}
 
 # AVColorSpace / AVColorRange / AVColorPrimaries / AVColorTransferCharacteristic values.
 _AVCOL_SPC = {1: Colorspace.ITU709, 4: Colorspace.FCC, 5: Colorspace.ITU601, 6: Colorspace.ITU601,
@@ -147,7 +148,7 @@ class VideoOptions:
     strength: 0..1, weight of the motion-compensated previous chroma (0.6 halves i.i.d. flicker).
     batch_size: frames per engine call (at most 8 megapixels per call: fewer frames for large sizes).
     scene_cut_threshold: lightness-histogram distance above which smoothing restarts (see
-        ``engines.temporal``; 0.18, calibrated on the dev clips).
+        ``engines.video.temporal``; 0.18, calibrated on the dev clips).
     segment_seconds: length of the independently encoded segments (see "Interruption" in the module
         docstring): at most this much work is lost when a run is killed.
     """
@@ -1407,11 +1408,3 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, OSError) and not isinstance(exc, av.FFmpegError):
         return _os_reason(exc)
     return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _os_reason(exc: OSError) -> str:
-    if exc.errno == errno.ENOSPC:
-        return "no space left on device"
-    if exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__

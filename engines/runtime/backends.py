@@ -1,6 +1,6 @@
 """Backends: which runtime executes the engine's network, why it was picked, and the runners themselves.
 
-- ``tensorrt``: a TensorRT engine built from the ONNX export (``engines.trt_backend``; UNVERIFIED:
+- ``tensorrt``: a TensorRT engine built from the ONNX export (``engines.runtime.trt_backend``; UNVERIFIED:
   TensorRT cannot be installed on our machines).
 - ``cuda``: PyTorch on the GPU, FP16 weights and activations, channels-last, cuDNN autotuning, a CUDA
   graph per input shape, pinned host memory, batches split to fit free GPU memory (``CudaModel``;
@@ -25,7 +25,8 @@ from pathlib import Path
 
 import torch
 
-from engines import trt_backend
+from engines.files import write_text
+from engines.runtime import trt_backend
 
 BACKENDS = ("auto", "tensorrt", "cuda", "onnxruntime", "cpu")
 # ONNX Runtime replaces PyTorch on the CPU only when at least this much faster (timings wobble ~10%).
@@ -102,7 +103,7 @@ class OnnxRuntimeModel(torch.nn.Module):
 
     def __init__(self, net: torch.nn.Module, weights_sha256: str, threads: int | None = None):
         super().__init__()
-        from engines.export import export_onnx
+        from engines.runtime.export import export_onnx
 
         path = cache_dir() / "onnx" / f"{weights_sha256[:32]}.onnx"
         if not path.exists():  # the export is written atomically, so a present file is complete
@@ -267,10 +268,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
         known[key] = speedup
         how = "measured now"
         try:
-            store.parent.mkdir(parents=True, exist_ok=True)
-            tmp = store.with_name(f".{store.name}.tmp{os.getpid()}")
-            tmp.write_text(json.dumps(known, indent=1))
-            os.replace(tmp, store)
+            write_text(store, json.dumps(known, indent=1))
         except OSError:
             pass  # a read-only cache only costs the measurement next time
     if speedup >= ORT_MIN_SPEEDUP:

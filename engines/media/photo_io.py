@@ -36,10 +36,7 @@ either the complete new file or untouched.
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import os
-import secrets
 import stat
 import struct
 from dataclasses import dataclass
@@ -50,7 +47,8 @@ import av
 import numpy as np
 from av.video.reformatter import ColorRange, Colorspace
 
-SUPPORTED_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".webp", ".bmp")
+from engines.files import os_reason, write_bytes
+
 MAX_PIXELS: int = 100_000_000
 # Compressed files larger than this are refused before reading (no photo needs it).
 MAX_FILE_BYTES: int = 2 * 2**30
@@ -150,7 +148,7 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> Photo:
     except av.FFmpegError as exc:  # before OSError/ValueError: FFmpeg errors subclass both
         raise PhotoError(_TRUNCATED) from exc
     except OSError as exc:
-        raise PhotoError(f"cannot read: {_os_reason(exc)}") from exc
+        raise PhotoError(f"cannot read: {os_reason(exc)}") from exc
     except (ValueError, struct.error, IndexError) as exc:
         raise PhotoError(_TRUNCATED) from exc
 
@@ -323,13 +321,6 @@ def _apply_orientation(a: np.ndarray, orientation: int) -> np.ndarray:
     else:
         return a
     return np.ascontiguousarray(a)
-
-
-def _os_reason(exc: OSError) -> str:
-    """'permission denied', 'no space left on device', ... (strerror without the path)."""
-    if exc.strerror:
-        return exc.strerror[0].lower() + exc.strerror[1:]
-    return str(exc) or type(exc).__name__
 
 
 # --- container headers ------------------------------------------------------------------------
@@ -694,30 +685,10 @@ def _encode(codec: str, label: str, rgb: np.ndarray, alpha: np.ndarray | None, d
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it onto ``path``."""
-    # Hidden, unique, and short enough that a long final name still fits the 255-byte limit.
-    stem = path.name
-    while len(os.fsencode(stem)) > 200:
-        stem = stem[:-1]
-    tmp = path.with_name(f".{stem}.tmp-{secrets.token_hex(4)}")
-    created = False
+    """Write ``data`` beside ``path`` and rename it onto ``path``; OS failures become one-line ``PhotoError``."""
     try:
-        with open(tmp, "xb") as fh:
-            created = True
-            fh.write(data)
-            fh.flush()
-            try:
-                os.fsync(fh.fileno())  # the rename must not become visible before the data
-            except OSError as exc:
-                if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-                    raise  # some filesystems cannot fsync; that alone is no reason to fail
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if created:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-        if isinstance(exc, FileNotFoundError):
-            raise PhotoError("cannot write: the directory does not exist") from exc
-        if isinstance(exc, OSError):
-            raise PhotoError(f"cannot write: {_os_reason(exc)}") from exc
-        raise
+        write_bytes(path, data, parents=False)  # a missing folder is the caller's mistake, said below
+    except FileNotFoundError as exc:
+        raise PhotoError("cannot write: the directory does not exist") from exc
+    except OSError as exc:
+        raise PhotoError(f"cannot write: {os_reason(exc)}") from exc

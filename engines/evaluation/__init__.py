@@ -1,0 +1,1 @@
+"""Scoring results for ``colorize eval``: pairing, the realism probe, FID's Inception."""

@@ -1,0 +1,1 @@
+"""Films: the streaming pipeline (segments, resume, final mux) and temporal smoothing."""
