@@ -410,7 +410,8 @@ def _colorize_photos(colorizer, jobs: list[Job], opts: RunOptions) -> Iterator[t
 
     As in the film path, three stages overlap: decoding and lightness (two threads), the engine (this
     thread: photos with the same ``Colorizer.work_shape`` go through the network together, up to _BATCH
-    at a time) and composing RGB plus encoding (one thread). A failing photo fails alone; outputs are
+    at a time) and composing RGB plus encoding (three threads: the slowest stage, and partly held to one
+    core by the GIL; 3 measured 25% faster than 1 on two cores). A failing photo fails alone; outputs are
     written atomically by ``write_photo``.
     """
     import collections
@@ -490,7 +491,7 @@ def _colorize_photos(colorizer, jobs: list[Job], opts: RunOptions) -> Iterator[t
         # The stages run in parallel threads: one engine thread avoids oversubscribing the cores
         # (as for films; measured faster than two on two cores).
         colorizer.set_threads(1)
-    decoder, encoder = ThreadPoolExecutor(2, "decode"), ThreadPoolExecutor(1, "encode")
+    decoder, encoder = ThreadPoolExecutor(2, "decode"), ThreadPoolExecutor(3, "encode")
     pending = (job for job in jobs if job.error is None)
 
     def refill() -> None:
