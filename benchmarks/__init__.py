@@ -8,11 +8,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def current_commit() -> str:
-    """The checkout's short commit hash for result headers, or "unknown" outside a git checkout."""
+def current_commit(root: Path = ROOT) -> str:
+    """The short commit hash of the checkout at ``root`` for result headers, or "unknown" outside a git checkout."""
     try:
         return subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"

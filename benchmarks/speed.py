@@ -1,6 +1,7 @@
 """Engine speed per backend and working size, beside Zhang et al.'s ECCV16 network in the same run.
 
     python -m benchmarks.speed [--sizes 256 512] [--out benchmarks/results]
+    python -m benchmarks.speed --photos-folder ../shared/data/photos-dev [--baseline-root CHECKOUT] [--pause-pid PID]
 
 For each engine (and the ECCV16 re-implementation, untrained: see ``benchmarks/eccv16.py``), at each
 working size, on every backend this machine has: images per second through the network alone
@@ -10,6 +11,13 @@ backend. Then, end to end: the bundled 512x512 example photo coloured in process
 whole ``colorize`` command on it in fresh processes (wall time and peak resident memory), first with
 an empty cache (the ONNX export and the CPU runner race happen then), then with the cache warm. On a GPU the
 FP32/FP16 agreement is measured too. Writes ``speed.md`` and ``speed.png`` under ``--out``.
+
+``--photos-folder`` times only folders of photos and rewrites that section of ``speed.md``: ``--photos``
+gray copies (default 200) of the folder's photos (BSDS: 481x321) in a temporary folder, then photos per
+second of the whole ``colorize FOLDER -o OUT --backend cpu`` command (median of ``--repeat``), of the same
+command from ``--baseline-root``'s code (an older checkout, e.g. a ``git worktree`` of the commit before),
+and of a shell loop running one ``colorize PHOTO`` process per photo over the first ``--loop-photos``
+(each process costs the same, so fewer suffice). ``--pause-pid`` stops a process (a training run) meanwhile.
 
 Times are comparable only within one run: the table records the machine, the versions, the commit
 and the load average when it started.
@@ -40,6 +48,7 @@ from engines.pipeline import load_colorizer
 from engines.runtime import backends as runtime
 
 PHOTO = ROOT / "examples" / "astronaut_gray.jpg"
+PHOTOS_HEADING = "## Folders of photos"
 
 
 def gflops(model: torch.nn.Module, size: int) -> float:
@@ -170,11 +179,117 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def make_gray_photos(source: Path, n: int, dst: Path) -> list[Path]:
+    """``n`` black-and-white JPEGs (quality 95) of ``source``'s photos in ``dst``, cycling if it has fewer."""
+    import cv2
+
+    found = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    if not found:
+        raise SystemExit(f"no photos in {source}")
+    dst.mkdir(parents=True)
+    made = []
+    for k in range(n):
+        src = found[k % len(found)]
+        out = dst / (f"{src.stem}.jpg" if k < len(found) else f"{src.stem}-{k // len(found)}.jpg")
+        cv2.imwrite(str(out), cv2.imread(str(src), cv2.IMREAD_GRAYSCALE), [cv2.IMWRITE_JPEG_QUALITY, 95])
+        made.append(out)
+    return made
+
+
+def folder_command(root: Path, folder: Path, out: Path) -> float:
+    """Wall seconds of the whole ``colorize FOLDER -o OUT --backend cpu`` command, run from ``root``'s code."""
+    cmd = [sys.executable, "-m", "colorcli", str(folder), "-o", str(out), "--backend", "cpu", "--overwrite"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=root, check=True, capture_output=True)
+    return time.perf_counter() - t0
+
+
+def shell_loop(photos: list[Path], out: Path) -> float:
+    """Wall seconds of a shell loop running one ``colorize PHOTO`` process per photo."""
+    script = 'for f in "$@"; do "$PY" -m colorcli "$f" -o "$OUT/" --backend cpu --overwrite || exit 1; done'
+    env = {**os.environ, "PY": sys.executable, "OUT": str(out)}
+    t0 = time.perf_counter()
+    subprocess.run(["bash", "-c", script, "loop", *map(str, photos)], cwd=ROOT, env=env, check=True)
+    return time.perf_counter() - t0
+
+
+def photos_section(args: argparse.Namespace) -> list[str]:
+    """The folder-of-photos table (see the module docstring)."""
+    import cv2
+
+    from benchmarks.video import paused
+
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        photos = make_gray_photos(args.photos_folder, args.photos, tmp / "in")
+        sizes = sorted({tuple(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape[::-1]) for p in photos})
+        roots = {"this checkout": ROOT}
+        if args.baseline_root:
+            roots[f"baseline ({current_commit(args.baseline_root)})"] = args.baseline_root
+        walls: dict[str, list[float]] = {name: [] for name in roots}
+        load = os.getloadavg()[0]
+        t_pause = time.perf_counter()
+        with paused(args.pause_pid):
+            for _ in range(args.repeat):  # interleaved, so that a change in load hits both
+                for name, root in roots.items():
+                    walls[name].append(folder_command(root, tmp / "in", tmp / "out"))
+                    print(f"{name}: {walls[name][-1]:.2f} s", flush=True)
+            loop_photos = photos[: args.loop_photos]
+            loop = shell_loop(loop_photos, tmp / "loop")
+        paused_s = time.perf_counter() - t_pause
+        written = len(list((tmp / "out").iterdir()))
+        if written != len(photos):
+            raise SystemExit(f"the command wrote {written} of {len(photos)} photos")
+    rate = {name: len(photos) / statistics.median(w) for name, w in walls.items()}
+    ours = rate["this checkout"]
+    loop_rate = len(loop_photos) / loop
+    lines = [
+        PHOTOS_HEADING,
+        "",
+        f"{len(photos)} gray JPEGs made from `{args.photos_folder.name}` "
+        f"({', '.join(f'{w}x{h}' for w, h in sizes)}), default engine, `--backend cpu`; "
+        f"median of {args.repeat} interleaved runs per command; load average {load:.1f} before"
+        + (f", process {args.pause_pid} stopped during the timed runs ({paused_s:.0f} s)." if args.pause_pid else "."),
+        f"Commit {current_commit()}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores.",
+        "",
+        "| how | photos/s | this checkout's command is |",
+        "|---|---:|---:|",
+        f"| `colorize FOLDER -o OUT --backend cpu`, this checkout | {ours:.2f} | 1.00x |",
+    ]
+    for name, r in rate.items():
+        if name != "this checkout":
+            lines.append(f"| the same command, {name} | {r:.2f} | {ours / r:.2f}x |")
+    lines.append(
+        f"| shell loop, one `colorize PHOTO` process each (first {len(loop_photos)} photos) "
+        f"| {loop_rate:.2f} | {ours / loop_rate:.2f}x |"
+    )
+    return lines
+
+
+def write_section(path: Path, lines: list[str]) -> None:
+    """Replace (or append) the section starting at ``lines[0]`` in ``path``; it stays last in the file."""
+    text = path.read_text() if path.exists() else ""
+    head = text.split(f"\n{lines[0]}\n")[0].rstrip("\n") if lines[0] in text else text.rstrip("\n")
+    path.write_text((head + "\n\n" if head else "") + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--photos-folder", type=Path, help="time folders of photos only (see above)")
+    p.add_argument("--photos", type=int, default=200)
+    p.add_argument("--loop-photos", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--baseline-root", type=Path, help="an older checkout to run the same command from")
+    p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
     args = p.parse_args()
+    if args.photos_folder:
+        lines = photos_section(args)
+        args.out.mkdir(parents=True, exist_ok=True)
+        write_section(args.out / "speed.md", lines)
+        print("\n".join(lines))
+        return
     header = machine()
     print(header, flush=True)
     rows: list[dict] = []
@@ -254,7 +369,9 @@ def main() -> None:
             *agreement,
         ]
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n")
+    old = (args.out / "speed.md").read_text() if (args.out / "speed.md").exists() else ""
+    kept = old[old.index(PHOTOS_HEADING) :] if PHOTOS_HEADING in old else ""  # from a --photos-folder run
+    (args.out / "speed.md").write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
     plot(rows, args.out / "speed.png")
     print("\n".join(lines))
 

@@ -107,34 +107,41 @@ class Colorizer:
         self.color_space = color_space  # what the engine predicts chroma in; re-expressed as ab below
         self.saturation = saturation  # see ``predict_ab``
 
-    @torch.inference_mode()
-    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
-        """Full-resolution L ``(N, 1, H, W)`` in [0, 100] -> ab ``(N, 2, H, W)`` at the same size.
-
-        A batch (e.g. video frames) goes through the engine in one call. The predicted ab is scaled by
-        ``self.saturation`` (1: as predicted, 0: gray), before any gamut mapping, which happens when L and ab
-        are composed. Photos and films both take their ab from here; upsampling and the films' temporal
-        smoothing are linear in ab, so scaling here equals scaling their output.
-        """
-        if self.saturation < 0:
-            raise ValueError(f"saturation must be at least 0, got {self.saturation}")
-        h, w = l.shape[-2:]
-        scale = min(1.0, self.working_size / max(h, w))  # never upscale small photos
-        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-        l_small = (
-            F.interpolate(l, size=(sh, sw), mode="bilinear", antialias=True, align_corners=False) if scale < 1 else l
-        )
+    def work_shape(self, h: int, w: int) -> tuple[int, int]:
+        """The network input's (height, width) for a photo of ``h x w``: the working size scales the long
+        side (never up), then padding to the network's multiple. Photos with equal shapes share a batch."""
+        scale = min(1.0, self.working_size / max(h, w))
         m = self.model.multiple
-        ph, pw = (-sh) % m, (-sw) % m
+        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+        return sh + (-sh) % m, sw + (-sw) % m
+
+    def _shrink(self, l: torch.Tensor) -> torch.Tensor:
+        """Full-resolution L -> working-size L (antialiased; small photos are never upscaled)."""
+        h, w = l.shape[-2:]
+        scale = min(1.0, self.working_size / max(h, w))
+        if scale == 1:
+            return l
+        size = (max(1, round(h * scale)), max(1, round(w * scale)))
+        return F.interpolate(l, size=size, mode="bilinear", antialias=True, align_corners=False)
+
+    def _network_input(self, l_small: torch.Tensor) -> torch.Tensor:
+        sh, sw = l_small.shape[-2:]
+        m = self.model.multiple
         # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
-        l_in = F.pad(color.input_from_lightness(l_small, self.color_space), (0, pw, 0, ph), mode="replicate")
-        if self.noise_input:
-            l_in = gan.with_noise(l_in, self.seed)
+        return F.pad(color.input_from_lightness(l_small, self.color_space), (0, (-sw) % m, 0, (-sh) % m), "replicate")
+
+    def _engine(self, l_in: torch.Tensor) -> torch.Tensor:
+        """Network input -> chroma at the padded working size, one call for the whole batch."""
         # (The CUDA runner copies host tensors itself, from pinned memory.) Contiguous: a channels-last
         # output would carry its layout into the full-size interpolation, measured 5x slower there.
         ab_work = self.decode(self.model(l_in).float().cpu().contiguous())
         if ab_work.shape[-2:] != l_in.shape[-2:]:  # a family that predicts at reduced resolution
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
+        return ab_work
+
+    def _full_size_ab(self, l: torch.Tensor, l_small: torch.Tensor, ab_work: torch.Tensor) -> torch.Tensor:
+        """Unpadded working-size chroma -> ab scaled by the saturation, upsampled to ``l``'s size."""
+        (h, w), (sh, sw) = l.shape[-2:], l_small.shape[-2:]
         ab_small = color.chroma_to_ab(l_small, ab_work[..., :sh, :sw], self.color_space)
         if self.saturation != 1:
             ab_small = ab_small * self.saturation
@@ -144,23 +151,73 @@ class Colorizer:
             return guided_upsample(l_small, ab_small, l)
         return F.interpolate(ab_small, size=(h, w), mode="bilinear", align_corners=False)
 
+    def _check_saturation(self) -> None:
+        if self.saturation < 0:
+            raise ValueError(f"saturation must be at least 0, got {self.saturation}")
+
+    @torch.inference_mode()
+    def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
+        """Full-resolution L ``(N, 1, H, W)`` in [0, 100] -> ab ``(N, 2, H, W)`` at the same size.
+
+        A batch (e.g. video frames) goes through the engine in one call. The predicted ab is scaled by
+        ``self.saturation`` (1: as predicted, 0: gray), before any gamut mapping, which happens when L and ab
+        are composed. Photos and films both take their ab from here; upsampling and the films' temporal
+        smoothing are linear in ab, so scaling here equals scaling their output.
+        """
+        self._check_saturation()
+        l_small = self._shrink(l)
+        l_in = self._network_input(l_small)
+        if self.noise_input:
+            l_in = gan.with_noise(l_in, self.seed)
+        return self._full_size_ab(l, l_small, self._engine(l_in))
+
+    @torch.inference_mode()
+    def predict_ab_many(self, ls: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Photos' L, each ``(1, 1, H, W)`` (sizes may differ, ``work_shape`` may not) -> their ab, with one
+        network call for all. Each photo's ab is ``predict_ab`` of it alone, up to float rounding: the
+        network is in eval mode (no batch statistics) and each photo gets the noise map it gets alone."""
+        self._check_saturation()
+        smalls = [self._shrink(l) for l in ls]
+        inputs = [self._network_input(s) for s in smalls]
+        if self.noise_input:
+            inputs = [gan.with_noise(x, self.seed) for x in inputs]
+        if len({x.shape for x in inputs}) != 1:
+            raise ValueError("photos of one batch must have the same Colorizer.work_shape")
+        ab_work = self._engine(torch.cat(inputs))
+        return [self._full_size_ab(l, s, ab_work[k : k + 1]) for k, (l, s) in enumerate(zip(ls, smalls))]
+
     def set_threads(self, n: int) -> None:
         """CPU threads for the engine (PyTorch, or ONNX Runtime's session)."""
         torch.set_num_threads(n)
         if isinstance(self.model, runtime.OnnxRuntimeModel):
             self.model.set_threads(n)
 
-    @torch.inference_mode()
-    def colorize(self, rgb: np.ndarray) -> np.ndarray:
-        """``rgb (H, W, 3) float32`` in [0, 1] (any colour is discarded) -> colourised, same shape."""
+    @staticmethod
+    def lightness(rgb: np.ndarray) -> torch.Tensor:
+        """``rgb (H, W, 3) float32`` in [0, 1] -> CIELAB L ``(1, 1, H, W)``; any colour is discarded."""
         rgb_t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-        l = color.rgb_to_lightness(rgb_t)[None]  # (1, 1, H, W)
-        ab = self.predict_ab(l)
-        out = torch.empty_like(rgb_t)
-        band = max(1, _BAND_PIXELS // rgb_t.shape[-1])
-        for y in range(0, rgb_t.shape[-2], band):
+        with torch.inference_mode():
+            return color.rgb_to_lightness(rgb_t)[None]
+
+    @staticmethod
+    @torch.inference_mode()
+    def compose(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
+        """L ``(1, 1, H, W)`` and ab ``(1, 2, H, W)`` -> ``rgb (H, W, 3) float32``, L kept, ab fitted into gamut."""
+        out = torch.empty((3, *l.shape[-2:]), dtype=torch.float32)
+        band = max(1, _BAND_PIXELS // l.shape[-1])
+        for y in range(0, l.shape[-2], band):
             out[:, y : y + band] = color.lab_to_rgb_keep_lightness(l[0, :, y : y + band], ab[0, :, y : y + band])
         return out.permute(1, 2, 0).numpy()
+
+    def colorize(self, rgb: np.ndarray) -> np.ndarray:
+        """``rgb (H, W, 3) float32`` in [0, 1] (any colour is discarded) -> colourised, same shape."""
+        l = self.lightness(rgb)
+        return self.compose(l, self.predict_ab(l))
+
+    def colorize_many(self, rgbs: list[np.ndarray]) -> list[np.ndarray]:
+        """``colorize`` of photos that share a ``work_shape``, through the engine in one batch."""
+        ls = [self.lightness(rgb) for rgb in rgbs]
+        return [self.compose(l, ab) for l, ab in zip(ls, self.predict_ab_many(ls))]
 
 
 def load_colorizer(

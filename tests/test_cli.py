@@ -419,3 +419,39 @@ def test_sheet_bad_inputs_are_one_line(tmp_path):
     r = invoke("sheet", tmp_path / "a.png", "-o", existing)
     assert r.exit_code == 1 and "--overwrite" in r.stderr and existing.read_bytes() == b"mine"
     assert not (tmp_path / "s.png").exists() and not (tmp_path / "s.txt").exists()
+
+
+def test_a_folder_goes_in_batches_with_each_photo_as_alone(tmp_path):
+    """Eleven photos of two sizes, a corrupt one and an unwritable output among them: one JSON record per
+    input in input order, the failures one line each without stopping the others, and every written
+    photo within a level of the same photo coloured by a command of its own."""
+    d = tmp_path / "in"
+    names = [f"p{k:02d}.png" for k in range(11)]
+    for k, name in enumerate(names):
+        _photo(d / name, *((48, 64) if k % 4 else (33, 35)), seed=k)
+    (d / "p05.png").write_bytes((d / "p04.png").read_bytes()[:300])  # corrupt, mid-batch
+    (tmp_path / "out" / "p07.png").mkdir(parents=True)  # its output cannot be written
+    digests = {name: _digest(d / name) for name in names}
+    r = invoke(d, "--json", "--overwrite", "-o", tmp_path / "out")
+    assert r.exit_code == 1
+    records = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [Path(rec["input"]).name for rec in records] == names
+    for rec in records:
+        assert set(rec) == {"input", "output", "status", "error", "seconds"} and rec["seconds"] >= 0
+        failed = Path(rec["input"]).name in ("p05.png", "p07.png")
+        assert rec["status"] == ("error" if failed else "ok"), rec
+        if failed:
+            assert rec["output"] is None and "\n" not in rec["error"] and "Traceback" not in rec["error"]
+        else:
+            assert rec["output"] == str(tmp_path / "out" / Path(rec["input"]).name)
+    assert "cannot write" in records[7]["error"]
+    written = sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file())
+    assert written == [n for n in names if n not in ("p05.png", "p07.png")]
+    assert {name: _digest(d / name) for name in names} == digests  # inputs untouched
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".")]  # no temporaries left
+    for name in ("p00.png", "p03.png", "p06.png"):  # both sizes, and a photo batched after the failure
+        assert invoke(d / name, "-o", tmp_path / "alone" / name).exit_code == 0
+        a = cv2.imread(str(tmp_path / "out" / name)).astype(int)
+        b = cv2.imread(str(tmp_path / "alone" / name)).astype(int)
+        assert a.shape == b.shape and np.abs(a - b).max() <= 1
+        assert np.abs(a - a.mean(axis=2, keepdims=True)).max() > 2  # coloured, not gray

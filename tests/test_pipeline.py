@@ -154,3 +154,32 @@ def test_guided_upsample_matches_the_torch_formula(small, full):
     # ab units (a just-noticeable difference is about 2). Float rounding of the interpolation weights,
     # amplified by the steep fits of white-noise L here (max 5e-3, mean 4e-4); on film frames the max is about 3e-5.
     assert diff.max() < 1e-2 and diff.mean() < 1e-3
+
+
+@pytest.mark.parametrize("name", ["regression", "gan"])
+def test_a_batch_of_photos_colours_each_as_alone(name, rng):
+    """``predict_ab_many`` (one network call for photos of one work shape, full sizes differing) gives each
+    photo its ``predict_ab`` alone up to float rounding; GAN photos get the noise map they get alone."""
+    c = load_colorizer(name, select_backend("cpu"), working_size=64)
+    sizes = [(96, 144), (97, 143), (96, 144), (95, 145), (64, 96)]  # the last is at working size
+    assert len({c.work_shape(h, w) for h, w in sizes}) == 1
+    grays = [cv2_blur(rng.random((h, w), dtype=np.float32)) for h, w in sizes]
+    ls = [c.lightness(np.repeat(g[..., None], 3, axis=2)) for g in grays]
+    many = c.predict_ab_many(ls)
+    for l, ab in zip(ls, many):
+        alone = c.predict_ab(l)
+        assert ab.shape == alone.shape == (1, 2, *l.shape[-2:])
+        assert (ab - alone).abs().max().item() < 1e-3
+        assert alone.abs().max().item() > 1  # the engine does colour: the bound is not vacuous
+    rgbs = [np.repeat(g[..., None], 3, axis=2) for g in grays]
+    for rgb, out in zip(rgbs, c.colorize_many(rgbs)):
+        assert np.abs(out - c.colorize(rgb)).max() * 255 < 1
+    with pytest.raises(ValueError, match="work_shape"):
+        c.predict_ab_many([ls[0], c.lightness(np.zeros((40, 40, 3), np.float32))])
+
+
+def cv2_blur(x: np.ndarray) -> np.ndarray:
+    """Smooth noise, so that the photos have structure the engine reacts to."""
+    import cv2
+
+    return cv2.GaussianBlur(x, (0, 0), 3)
