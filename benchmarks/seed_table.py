@@ -28,9 +28,8 @@ from engines.metrics import AbErrorCurve, RgbErrorCurve, colourfulness, rebalanc
 from engines.models import resnet
 from engines.pipeline import load_colorizer
 from engines.runtime.backends import select_backend
-from training.classifier import class_of
-from training.data import load_source
-from training.loop import chroma_prior
+from training.data import class_labels, load_source
+from training.tasks import chroma_prior
 
 WEIGHTS = ROOT / "engines" / "weights"
 # The seed paper's CIFAR-10 test figures: (AuC, classifier accuracy).
@@ -43,23 +42,8 @@ PAPER = {
 }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cifar", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/colorize/data").expanduser())
-    args = p.parse_args()
-    torch.set_num_threads(2)
-
-    test = load_source(args.cifar / "cifar10-test.tar.gz", 32, args.cache_dir, keep_gray=True)
-    train = load_source(args.cifar / "cifar10-train.tar.gz", 32, args.cache_dir)
-    weights = rebalance_weights(chroma_prior([train.rgb_u8]), lam=0.0)
-    clf_file = resnet.load(WEIGHTS / "classifier-cifar10.pt")
-    clf = clf_file.build()
-    labels = torch.tensor([clf_file.classes.index(class_of(n)) for n in test.names])
-    truth = torch.from_numpy(test.rgb_u8).permute(0, 3, 1, 2).float() / 255
-    lab = color.rgb_to_lab(truth)
-
+def _predictions(truth: torch.Tensor, lab: torch.Tensor) -> dict[str, torch.Tensor]:
+    """sRGB of every prediction: all-gray, the three CIFAR-10 engines, and the truth itself."""
     predictions = {"gray": color.lightness_to_rgb_gray(lab[:, :1])}
     for family in ("regression", "classification", "gan"):
         c = load_colorizer("custom", select_backend("cpu"), weights=WEIGHTS / f"cifar10-{family}.pt")
@@ -69,35 +53,33 @@ def main() -> None:
             out[i : i + 500] = color.lab_to_rgb_keep_lightness(lab[i : i + 500, :1], ab)
         predictions[family] = out
     predictions["ground truth"] = truth
+    return predictions
 
-    rows = []
-    for key, pred in predictions.items():
-        pred = (pred * 255).round() / 255  # what an 8-bit file would hold
-        rgb_curve, ab_curve = RgbErrorCurve(), AbErrorCurve(weights)
-        rgb_curve.update(pred, truth)
-        ab_curve.update(color.rgb_to_lab(pred)[:, 1:], lab[:, 1:])
-        with torch.inference_mode():
-            hits = sum(
-                int((clf(pred[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum())
-                for i in range(0, len(pred), 1000)
-            )
-        rows.append(
-            (
-                key,
-                rgb_curve.auc(),
-                100 * hits / len(pred),
-                ab_curve.auc(),
-                ab_curve.auc_rebalanced(),
-                float(colourfulness(pred).mean()),
-            )
+
+def _scores(pred: torch.Tensor, truth: torch.Tensor, lab: torch.Tensor, weights, clf, labels) -> tuple:
+    """``(RGB AuC, classifier accuracy %, ab AuC, ab AuC rebalanced, colourfulness)`` of one prediction."""
+    pred = (pred * 255).round() / 255  # what an 8-bit file would hold
+    rgb_curve, ab_curve = RgbErrorCurve(), AbErrorCurve(weights)
+    rgb_curve.update(pred, truth)
+    ab_curve.update(color.rgb_to_lab(pred)[:, 1:], lab[:, 1:])
+    with torch.inference_mode():
+        hits = sum(
+            int((clf(pred[i : i + 1000]).argmax(1) == labels[i : i + 1000]).sum()) for i in range(0, len(pred), 1000)
         )
-        print(rows[-1], flush=True)
+    return (
+        rgb_curve.auc(),
+        100 * hits / len(pred),
+        ab_curve.auc(),
+        ab_curve.auc_rebalanced(),
+        float(colourfulness(pred).mean()),
+    )
 
-    commit = current_commit()
+
+def _table(rows: list[tuple], n_images: int, clf_params: int) -> list[str]:
     lines = [
         (
-            f"CIFAR-10 test split, all {len(truth)} images at 32x32, coloured from their lightness; commit {commit}. "
-            f"Classifier: our ResNet-18 ({sum(v.numel() for v in clf_file.state_dict.values()) / 1e6:.2f} M "
+            f"CIFAR-10 test split, all {n_images} images at 32x32, coloured from their lightness; commit "
+            f"{current_commit()}. Classifier: our ResNet-18 ({clf_params / 1e6:.2f} M "
             f"parameters), trained on the colour train split."
         ),
         "",
@@ -121,6 +103,32 @@ def main() -> None:
             "ground-truth row."
         ),
     ]
+    return lines
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cifar", type=Path, default=ROOT.parent / "shared" / "data" / "cifar10")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/colorize/data").expanduser())
+    args = p.parse_args()
+    torch.set_num_threads(2)
+
+    test = load_source(args.cifar / "cifar10-test.tar.gz", 32, args.cache_dir, keep_gray=True)
+    train = load_source(args.cifar / "cifar10-train.tar.gz", 32, args.cache_dir)
+    weights = rebalance_weights(chroma_prior([train.rgb_u8]), lam=0.0)
+    clf_file = resnet.load(WEIGHTS / "classifier-cifar10.pt")
+    clf = clf_file.build()
+    labels = torch.from_numpy(class_labels(test.names, clf_file.classes))
+    truth = torch.from_numpy(test.rgb_u8).permute(0, 3, 1, 2).float() / 255
+    lab = color.rgb_to_lab(truth)
+
+    predictions = _predictions(truth, lab)
+    rows = []
+    for key, pred in predictions.items():
+        rows.append((key, *_scores(pred, truth, lab, weights, clf, labels)))
+        print(rows[-1], flush=True)
+    lines = _table(rows, len(truth), sum(v.numel() for v in clf_file.state_dict.values()))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "seed_table.md").write_text("\n".join(lines) + "\n")
     # Samples: 12 test images evenly spaced through the set (all ten classes), a rule fixed before looking.

@@ -46,8 +46,7 @@ from engines import color
 from training import distributed
 from training.config import TrainConfig, load_recipe
 from training.data import BatchSampler, load_source, split
-from training.loop import chroma_prior
-from training.tasks import TASKS, GanTask
+from training.tasks import TASKS, GanTask, chroma_prior
 
 RECIPES = ROOT / "training" / "recipes"
 FAMILIES = ("regression", "classification", "gan")
@@ -219,7 +218,7 @@ def machine_line(threads: int, load: tuple[float, float, float], cpu_share: floa
     )
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=list(FAMILIES), help="recipe names under training/recipes")
     p.add_argument(
@@ -235,12 +234,11 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--data-batches", type=int, default=10, help="batches per timed data-loading call")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "training_throughput.md")
-    args = p.parse_args()
+    return p
 
-    torch.set_num_threads(args.threads)
-    load = os.getloadavg()
-    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
-    lines = [
+
+def _table_head(args: argparse.Namespace) -> list[str]:
+    return [
         (
             f"Images/s, median of {args.repeat} interleaved rounds after {args.warmup} warm-up; data loading "
             f"timed over {args.data_batches} batches per round. Data: `BatchSampler.next_batch` alone (random "
@@ -258,7 +256,12 @@ def main() -> None:
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    ceiling = {precision: conv_ceiling_gflops(precision) for precision in args.precisions}
+
+
+def _family_rows(args: argparse.Namespace, ceiling: dict[str, float]) -> tuple[list[str], dict, dict | None]:
+    """A table row per recipe and precision (printed as they come), the step rates by ``(family,
+    precision)``, and the GAN step's breakdown when a GAN recipe is among them."""
+    lines: list[str] = []
     loaded: dict = {}
     gan = None
     step_rates: dict[tuple[str, str], float] = {}
@@ -282,6 +285,43 @@ def main() -> None:
         if recipe.family == "gan":
             task = build_task(recipe, train_sets)
             gan = gan_breakdown(task, make_sampler(recipe, train_sets).next_batch(), args.repeat, args.warmup)
+    return lines, step_rates, gan
+
+
+def _gan_section(gan: dict) -> list[str]:
+    lines = [
+        "",
+        "## One adversarial GAN step against the passes it does",
+        "",
+        (
+            "Milliseconds per batch, each pass timed on its own on the same batch, interleaved with the "
+            "full step. The full step also converts the batch to Lab and runs both optimisers."
+        ),
+        "",
+        "| pass | ms / batch | share of the full step |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {k} | {1000 * v:.0f} | {100 * v / gan['full']:.0f}% |" for k, v in gan["parts"].items()]
+    lines += [
+        f"| sum of the passes | {1000 * gan['sum']:.0f} | {100 * gan['sum'] / gan['full']:.0f}% |",
+        f"| full `GanTask.step` | {1000 * gan['full']:.0f} | 100% |",
+        "",
+        (
+            f"Full step / sum of its passes: **{gan['ratio']:.2f}** (slowest / fastest round of any of "
+            f"these: {gan['spread']:.2f})."
+        ),
+    ]
+    return lines
+
+
+def main() -> None:
+    args = _parser().parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()
+    wall0, cpu0 = time.perf_counter(), _cpu_seconds()
+    ceiling = {precision: conv_ceiling_gflops(precision) for precision in args.precisions}
+    rows, step_rates, gan = _family_rows(args, ceiling)
+    lines = _table_head(args) + rows
     lines += [
         "",
         "Conv ceiling (256 to 256 channels 3x3, batch 32 of 32x32, forward): "
@@ -295,28 +335,7 @@ def main() -> None:
         ]
         lines.append(f"bf16 step img/s over float32's: {', '.join(ratios)}.")
     if gan is not None:
-        lines += [
-            "",
-            "## One adversarial GAN step against the passes it does",
-            "",
-            (
-                "Milliseconds per batch, each pass timed on its own on the same batch, interleaved with the "
-                "full step. The full step also converts the batch to Lab and runs both optimisers."
-            ),
-            "",
-            "| pass | ms / batch | share of the full step |",
-            "|---|---:|---:|",
-        ]
-        lines += [f"| {k} | {1000 * v:.0f} | {100 * v / gan['full']:.0f}% |" for k, v in gan["parts"].items()]
-        lines += [
-            f"| sum of the passes | {1000 * gan['sum']:.0f} | {100 * gan['sum'] / gan['full']:.0f}% |",
-            f"| full `GanTask.step` | {1000 * gan['full']:.0f} | 100% |",
-            "",
-            (
-                f"Full step / sum of its passes: **{gan['ratio']:.2f}** (slowest / fastest round of any of "
-                f"these: {gan['spread']:.2f})."
-            ),
-        ]
+        lines += _gan_section(gan)
     # How much of the machine the run was given: the figures above scale with it under shared load.
     cpu_share = (_cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
     command = " ".join(["python -m benchmarks.training_throughput", *sys.argv[1:]])

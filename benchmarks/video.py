@@ -256,7 +256,7 @@ def calibrate_cuts(dev: Path) -> None:
     print(f"threshold in use: {temporal.DEFAULT_SCENE_CUT_THRESHOLD}")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--clip", type=Path, help="default: the davis clips joined and made black and white")
     p.add_argument("--make-clip", type=Path, help="only write the default clip to this path, and stop")
@@ -272,7 +272,116 @@ def main() -> None:
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--calibrate-cuts", action="store_true")
-    args = p.parse_args()
+    return p
+
+
+def _speed_section(args: argparse.Namespace, load: tuple, clip: Path, predict_ab, tmp: Path) -> list[str]:
+    """The machine line (``load``: the load average at the start) and the speed table (timed with
+    ``--pause-pid`` stopped)."""
+    with av.open(str(clip)) as c:
+        v = c.streams.video[0]
+        clip_desc = f"{clip.name} ({v.codec_context.width}x{v.codec_context.height}, {v.frames} frames)"
+    with paused(args.pause_pid):
+        load_timed = os.getloadavg()[0]
+        speed = measure_speed(clip, predict_ab, args.repeat, tmp, args.model, args.root)
+        load_after = os.getloadavg()[0]
+    lines = [
+        "# Video pipeline benchmark",
+        "",
+        (
+            f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
+            f"{load[0]:.1f} at the start"
+            + (f" (process {args.pause_pid} stopped during the timed runs)" if args.pause_pid else "")
+            + f"; torch {torch.__version__} ({args.threads} intra-op thread in process; the command uses its "
+            f"default), PyAV {av.__version__} (FFmpeg libavcodec "
+            f"{'.'.join(map(str, av.library_versions['libavcodec']))}), OpenCV {cv2.__version__}. "
+            f"Encoder: libx264 crf 18, preset medium. Command: `python -m benchmarks.video`."
+        ),
+        "",
+    ]
+    floor_fps = speed["floor"][0]
+    lines += [
+        f"## Speed on {clip_desc} (median of {args.repeat}; of two, the faster)",
+        "",
+        "| run | frames/s | vs floor | CPU ms/frame |",
+        "|---|---:|---:|---:|",
+    ]
+    labels = {
+        "floor": "decode + re-encode (floor)",
+        "command": f"`colorize CLIP --model {args.model} --backend cpu` (whole command, smoothing on)",
+        "off": "pipeline in process, regression, smoothing off",
+        "on": "pipeline in process, regression, smoothing on",
+    }
+    for name, (fps, cpu_ms) in speed.items():
+        lines.append(f"| {labels[name]} | {fps:.1f} | {fps / floor_fps:.2f}x | {cpu_ms:.0f} |")
+    # On a shared machine the ratios are only comparable with the load they were measured under.
+    lines += ["", f"Load average {load_timed:.1f} when the speed runs started, {load_after:.1f} after them."]
+    return lines
+
+
+def _quality_section(clips: list[Path], predict_ab, tmp: Path) -> list[str]:
+    """Warping error, ab change and ab error of each clip, smoothing off and on; rows printed as they come."""
+    lines = [
+        "",
+        "## Temporal stability and colour accuracy (davis clips as B&W input)",
+        "",
+        (
+            "E_warp: warping error x 1000 (Lai et al. 2018; RGB, lower is steadier). ab change: RMS CIELAB "
+            "ab distance between consecutive output frames along the motion (the chroma part of the "
+            "flicker). ab error: mean distance of the output's ab to the original's (lower is closer)."
+        ),
+        "",
+        (
+            "| clip | frames | E_warp original | E_warp off | E_warp on | ab change off | ab change on "
+            "| ab error off | ab error on |"
+        ),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    totals = np.zeros(7)
+    for clip in clips:
+        outs = {}
+        for mode in ("off", "flow"):
+            outs[mode] = tmp / f"{clip.stem}-{mode}.mp4"
+            report = colorize_video(clip, outs[mode], predict_ab, VideoOptions(smoothing=mode))
+        q = clip_quality(clip, outs)
+        row = np.array(
+            [
+                1000 * q["warp"]["original"],
+                1000 * q["warp"]["off"],
+                1000 * q["warp"]["flow"],
+                q["ab_change"]["off"],
+                q["ab_change"]["flow"],
+                q["ab"]["off"],
+                q["ab"]["flow"],
+            ]
+        )
+        totals += row
+        lines.append(f"| {clip.stem} | {report.frames} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
+        print(lines[-1], flush=True)
+    mean = totals / len(clips)
+    lines.append("| **mean** | | " + " | ".join(f"**{v:.2f}**" for v in mean) + " |")
+    return lines
+
+
+def _memory_section(clip: Path, tmp: Path, threads: int) -> list[str]:
+    """Peak RSS of a child process on a clip and on the same clip looped four times."""
+    long_clip = tmp / "long.mp4"
+    loop_clip(clip, long_clip, 4)
+    short_mb, short_n = peak_rss_mb(clip, tmp / "m1.mp4", threads)
+    long_mb, long_n = peak_rss_mb(long_clip, tmp / "m4.mp4", threads)
+    return [
+        "",
+        "## Memory (peak RSS of a child process, smoothing on)",
+        "",
+        "| clip | frames | peak RSS (MB) |",
+        "|---|---:|---:|",
+        f"| {clip.name} | {short_n} | {short_mb:.0f} |",
+        f"| the same, looped 4 times | {long_n} | {long_mb:.0f} |",
+    ]
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.calibrate_cuts:
         calibrate_cuts(args.dev)
         return
@@ -290,102 +399,12 @@ def main() -> None:
         if clip is None:
             clip = tmp / "davis-joined-gray.mp4"
             make_gray_clip(davis, clip)
-        with av.open(str(clip)) as c:
-            v = c.streams.video[0]
-            clip_desc = f"{clip.name} ({v.codec_context.width}x{v.codec_context.height}, {v.frames} frames)"
-        with paused(args.pause_pid):
-            load_timed = os.getloadavg()[0]
-            speed = measure_speed(clip, colorizer.predict_ab, args.repeat, tmp, args.model, args.root)
-            load_after = os.getloadavg()[0]
-        lines = [
-            "# Video pipeline benchmark",
-            "",
-            (
-                f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
-                f"{load[0]:.1f} at the start"
-                + (f" (process {args.pause_pid} stopped during the timed runs)" if args.pause_pid else "")
-                + f"; torch {torch.__version__} ({args.threads} intra-op thread in process; the command uses its "
-                f"default), PyAV {av.__version__} (FFmpeg libavcodec "
-                f"{'.'.join(map(str, av.library_versions['libavcodec']))}), OpenCV {cv2.__version__}. "
-                f"Encoder: libx264 crf 18, preset medium. Command: `python -m benchmarks.video`."
-            ),
-            "",
-        ]
-        floor_fps = speed["floor"][0]
-        lines += [
-            f"## Speed on {clip_desc} (median of {args.repeat}; of two, the faster)",
-            "",
-            "| run | frames/s | vs floor | CPU ms/frame |",
-            "|---|---:|---:|---:|",
-        ]
-        labels = {
-            "floor": "decode + re-encode (floor)",
-            "command": f"`colorize CLIP --model {args.model} --backend cpu` (whole command, smoothing on)",
-            "off": "pipeline in process, regression, smoothing off",
-            "on": "pipeline in process, regression, smoothing on",
-        }
-        for name, (fps, cpu_ms) in speed.items():
-            lines.append(f"| {labels[name]} | {fps:.1f} | {fps / floor_fps:.2f}x | {cpu_ms:.0f} |")
-        # On a shared machine the ratios are only comparable with the load they were measured under.
-        lines += ["", f"Load average {load_timed:.1f} when the speed runs started, {load_after:.1f} after them."]
+        lines = _speed_section(args, load, clip, colorizer.predict_ab, tmp)
         print("\n".join(lines), flush=True)
-
         if not args.skip_quality:
-            clips = davis
-            lines += [
-                "",
-                "## Temporal stability and colour accuracy (davis clips as B&W input)",
-                "",
-                (
-                    "E_warp: warping error x 1000 (Lai et al. 2018; RGB, lower is steadier). ab change: RMS CIELAB "
-                    "ab distance between consecutive output frames along the motion (the chroma part of the "
-                    "flicker). ab error: mean distance of the output's ab to the original's (lower is closer)."
-                ),
-                "",
-                (
-                    "| clip | frames | E_warp original | E_warp off | E_warp on | ab change off | ab change on "
-                    "| ab error off | ab error on |"
-                ),
-                "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-            ]
-            totals = np.zeros(7)
-            for clip in clips:
-                outs = {}
-                for mode in ("off", "flow"):
-                    outs[mode] = tmp / f"{clip.stem}-{mode}.mp4"
-                    report = colorize_video(clip, outs[mode], colorizer.predict_ab, VideoOptions(smoothing=mode))
-                q = clip_quality(clip, outs)
-                row = np.array(
-                    [
-                        1000 * q["warp"]["original"],
-                        1000 * q["warp"]["off"],
-                        1000 * q["warp"]["flow"],
-                        q["ab_change"]["off"],
-                        q["ab_change"]["flow"],
-                        q["ab"]["off"],
-                        q["ab"]["flow"],
-                    ]
-                )
-                totals += row
-                lines.append(f"| {clip.stem} | {report.frames} | " + " | ".join(f"{v:.2f}" for v in row) + " |")
-                print(lines[-1], flush=True)
-            mean = totals / len(clips)
-            lines.append("| **mean** | | " + " | ".join(f"**{v:.2f}**" for v in mean) + " |")
-
+            lines += _quality_section(davis, colorizer.predict_ab, tmp)
         if not args.skip_memory:
-            long_clip = tmp / "long.mp4"
-            loop_clip(davis[0], long_clip, 4)
-            short_mb, short_n = peak_rss_mb(davis[0], tmp / "m1.mp4", args.threads)
-            long_mb, long_n = peak_rss_mb(long_clip, tmp / "m4.mp4", args.threads)
-            lines += [
-                "",
-                "## Memory (peak RSS of a child process, smoothing on)",
-                "",
-                "| clip | frames | peak RSS (MB) |",
-                "|---|---:|---:|",
-                f"| {davis[0].name} | {short_n} | {short_mb:.0f} |",
-                f"| the same, looped 4 times | {long_n} | {long_mb:.0f} |",
-            ]
+            lines += _memory_section(davis[0], tmp, args.threads)
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -108,7 +108,56 @@ def test_trainer_resume_continues_from_saved_step(tmp_path):
     assert trainer.main([*args, "--epochs", "3"]) == 0  # already done: nothing more to train
     again = torch.load(tmp_path / "r" / "state.pt", weights_only=True)
     assert again["step"] == first["step"]
-    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
+    weights = first["task"]["model"]  # the one loop's state: the task's own under "task"
+    assert all(torch.equal(weights[k], again["task"]["model"][k]) for k in weights)
+
+
+def test_classifier_is_a_family_of_the_one_loop_and_resumes_exactly(tmp_path):
+    """A ``family = "classifier"`` recipe trains through ``python -m training``; the same run paused
+    half-way and resumed ends with the same weights, optimiser state and classifier file."""
+    from training.__main__ import main as train_main
+    from training.config import load_recipe
+    from training.loop import train
+
+    data = _labelled_folder(tmp_path / "data", n_per_class=12)
+    recipe = tmp_path / "clf.toml"
+    recipe.write_text(
+        "\n".join(
+            [
+                'family = "classifier"',
+                f'sources = ["{data}"]',
+                "source_sizes = [32]",
+                "crop_size = 32",
+                "widths = [8, 8, 8, 8]",
+                "batch_size = 8",
+                "lr = 0.05",
+                "val_fraction = 0.25",
+                "val_every = 3",
+                "epochs = 2",
+                "warmup_steps = 500",
+                "threads = 1",
+                f'cache_dir = "{tmp_path / "cache"}"',
+            ]
+        )
+    )
+    assert train_main([str(recipe), "--out", str(tmp_path / "straight")]) == 0
+    train(load_recipe(recipe), tmp_path / "resumed", stop_at_step=3)
+    assert torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["step"] == 3
+    train(load_recipe(recipe), tmp_path / "resumed")
+    a, b = (torch.load(tmp_path / d / "state.pt", weights_only=True) for d in ("straight", "resumed"))
+    assert a["step"] == b["step"] == 6  # 2 epochs of 3 full batches
+    for k in a["task"]["model"]:
+        torch.testing.assert_close(a["task"]["model"][k], b["task"]["model"][k], rtol=0, atol=0)
+    assert a["task"]["opt"]["state"].keys() == b["task"]["opt"]["state"].keys()
+    for i, st in a["task"]["opt"]["state"].items():
+        torch.testing.assert_close(
+            st["momentum_buffer"], b["task"]["opt"]["state"][i]["momentum_buffer"], rtol=0, atol=0
+        )
+    ca, cb = (resnet.load(tmp_path / d / "classifier.pt") for d in ("straight", "resumed"))
+    assert ca.classes == cb.classes == ["blue", "red"] and ca.metrics == cb.metrics
+    assert all(torch.equal(ca.state_dict[k], cb.state_dict[k]) for k in ca.state_dict)
+    log = [json.loads(x) for x in (tmp_path / "resumed" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [3, 6] and all("val_acc" in r for r in log)
 
 
 @pytest.fixture

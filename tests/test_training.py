@@ -522,13 +522,11 @@ def test_warm_start_copies_matching_layers_and_widens_the_first_for_noise(tmp_pa
 
     # Classification from classification, on data with other in-gamut bins (as many, so rows copied
     # by position would fit): each shared bin keeps its own row, the one new bin its fresh row.
-    from training.loop import export_engine
-
     cfg = _tiny_config(folder, tmp_path, family="classification")
     prior_a, prior_b = prior.clone(), prior.clone()
     prior_a[0], prior_b[-1] = 0, 0
     old = TASKS["classification"](cfg, prior_a)
-    export_engine(old, cfg, {}, 0, tmp_path / "cls.pt")
+    old.export({}, 0, tmp_path / "cls.pt")
     new = TASKS["classification"](cfg, prior_b)
     fresh_head = new.model.head.weight.clone()
     new.warm_start(str(tmp_path / "cls.pt"))

@@ -13,12 +13,9 @@ import sys
 import time
 from pathlib import Path
 
-from engines.models.checkpoint import CheckpointError
 from engines.runtime import backends as runtime
-from training import distributed
-from training.config import load_recipe
-from training.data import DataError
-from training.loop import Interrupted, train
+from training.config import TrainConfig, load_recipe
+from training.loop import Progress, train_command
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,21 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--fresh", action="store_true", help="ignore an existing state.pt in --out")
     args = p.parse_args(argv)
-
-    import tomllib
-
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            print(f"error: --set takes KEY=VALUE, not {item!r}", file=sys.stderr)
-            return 2
-        try:
-            overrides.update(tomllib.loads(f"{key.strip()} = {value}"))
-        except tomllib.TOMLDecodeError:  # not TOML: take it as a plain string (paths, names)
-            overrides[key.strip()] = value
     try:
-        cfg = load_recipe(args.recipe, overrides)
+        cfg = load_recipe(args.recipe, parse_overrides(args.set))
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -58,11 +42,40 @@ def main(argv: list[str] | None = None) -> int:
     runtime.retain_freed_memory()
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
-    if main_rank and sys.stderr.isatty():
-        # A live bar on a terminal; plain lines every 10 s in logs.
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    progress, bar = _progress_display(cfg, main_rank)
+    try:
+        status, best = train_command(cfg, args.out, progress, resume=not args.fresh)
+    finally:
+        if bar is not None:
+            bar.stop()
+    if status == 0 and main_rank:  # under torchrun, only the main process reports
+        print(json.dumps(best))
+    return status
 
-        bar = Progress(
+
+def parse_overrides(items: list[str]) -> dict:
+    """``--set KEY=VALUE`` items as recipe keys: VALUE is TOML, or else a plain string (paths, names)."""
+    import tomllib
+
+    overrides = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes KEY=VALUE, not {item!r}")
+        try:
+            overrides.update(tomllib.loads(f"{key.strip()} = {value}"))
+        except tomllib.TOMLDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def _progress_display(cfg: TrainConfig, main_rank: bool) -> tuple[Progress, object | None]:
+    """A live bar on a terminal (returned, to be stopped), plain lines every 10 s in logs."""
+    if main_rank and sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as Bar
+
+        bar = Bar(
             TextColumn("training"),
             BarColumn(),
             MofNCompleteColumn(),
@@ -72,44 +85,22 @@ def main(argv: list[str] | None = None) -> int:
         bar_task = bar.add_task("train", total=cfg.max_steps, info="")
         bar.start()
 
-        def progress(step: int, s: dict) -> None:
+        def show(step: int, s: dict) -> None:
             bar.update(bar_task, completed=step, info=f"loss {s['loss']:.4f}  {s['img_per_s']:.0f} img/s")
 
-    else:
-        bar = None
-        last = [0.0]
+        return show, bar
 
-        def progress(step: int, s: dict) -> None:
-            if time.monotonic() - last[0] > 10 and main_rank:
-                last[0] = time.monotonic()
-                print(
-                    f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
-                    flush=True,
-                )
+    last = [0.0]
 
-    clean = False  # every process ended the run at the same point (see distributed.shutdown)
-    try:
-        best = train(cfg, args.out, resume=not args.fresh, progress=progress)
-        clean = True
-    except (DataError, CheckpointError) as e:  # a source, or an init_from file, that cannot be used
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except Interrupted as e:
-        clean = True
-        if main_rank:
-            print(f"{e}; run the same command to resume", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt:  # a second Ctrl-C, or one before the first step
-        if main_rank:
-            print(f"interrupted; {args.out / 'state.pt'} holds the last saved state, if any", file=sys.stderr)
-        return 130
-    finally:
-        if bar is not None:
-            bar.stop()
-        distributed.shutdown(clean)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, only the main process reports
-        print(json.dumps(best))
-    return 0
+    def log(step: int, s: dict) -> None:
+        if time.monotonic() - last[0] > 10 and main_rank:
+            last[0] = time.monotonic()
+            print(
+                f"step {step}/{cfg.max_steps} loss {s['loss']:.4f} lr {s['lr']:.2e} {s['img_per_s']:.0f} img/s",
+                flush=True,
+            )
+
+    return log, None
 
 
 if __name__ == "__main__":

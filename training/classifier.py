@@ -8,41 +8,28 @@ in ``../shared/data``): the class is the image's parent folder. Gray images are 
 few minutes and at each validation, and a run started again with the same ``--out`` resumes exactly.
 ``DIR/classifier.pt`` is the best validated model; ``--export`` copies it at the end with its test
 accuracy recorded.
+
+This command is the one training loop (``training.loop``) with the classifier's task
+(``training.tasks.ClassifierTask``): the same as ``python -m training`` on a recipe with
+``family = "classifier"``, plus the test accuracies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-from torch.nn import functional as F
-
-from engines.files import atomic_path
 from engines.models import resnet
-from training.data import BatchSampler, load_source, validation_mask
+from training.config import TrainConfig, from_dict
+from training.data import class_labels, load_source
+from training.loop import train_command
+from training.tasks import accuracy
 
 
-def class_of(name: str) -> str:
-    return Path(name).parent.name
-
-
-@torch.inference_mode()
-def accuracy(model: resnet.ResNet, rgb_u8: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
-    model.eval()
-    correct = 0
-    for i in range(0, len(rgb_u8), batch):
-        x = torch.from_numpy(rgb_u8[i : i + batch]).permute(0, 3, 1, 2).float() / 255
-        correct += int((model(x).argmax(1).numpy() == labels[i : i + batch]).sum())
-    return 100.0 * correct / max(1, len(rgb_u8))
-
-
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m training.classifier", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -64,119 +51,75 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", type=Path, default=Path("~/.cache/colorize/data").expanduser())
-    args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
+    return p
+
+
+def recipe_of(args: argparse.Namespace) -> TrainConfig:
+    """The command's options as a ``family = "classifier"`` recipe; ``ValueError`` for a bad one."""
     try:
-        sets = [load_source(p, args.size, args.cache_dir) for p in args.sources]
+        widths = [int(w) for w in args.widths.split(",")]
+    except ValueError:
+        raise ValueError(f"--widths takes whole numbers separated by commas, not {args.widths!r}") from None
+    if args.epochs <= 0:
+        raise ValueError(f"--epochs must be above 0, not {args.epochs}")
+    return from_dict(
+        {
+            "family": "classifier",
+            "sources": [str(s) for s in args.sources],
+            "source_sizes": [args.size] * len(args.sources),
+            "crop_size": args.size,
+            "widths": widths,
+            "stem_stride": args.stem_stride,
+            "stem_pool": args.stem_pool,
+            "epochs": args.epochs,
+            "batch_size": args.batch,
+            "lr": args.lr,
+            "weight_decay": args.weight_decay,
+            "warmup_steps": 500,  # at most a tenth of the run (ClassifierTask)
+            "min_crop_scale": args.min_crop_scale,
+            "val_fraction": args.val_fraction,
+            "val_every": args.val_every,
+            "checkpoint_minutes": 3.0,
+            "threads": args.threads,
+            "seed": args.seed,
+            "cache_dir": str(args.cache_dir),
+        }
+    )
+
+
+def _progress():
+    """A line every 10 s, and one per validation."""
+    last = [0.0]
+
+    def show(step: int, s: dict) -> None:
+        if "val_acc" in s:
+            print(f"step {step}: validation accuracy {s['val_acc']:.2f}%", flush=True)
+        elif time.monotonic() - last[0] > 10:
+            last[0] = time.monotonic()
+            print(f"step {step} loss {s['loss']:.3f} {s['img_per_s']:.0f} img/s", flush=True)
+
+    return show
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        cfg = recipe_of(args)
         tests = [load_source(p, args.size, args.cache_dir, keep_gray=True) for p in args.test]
     except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    classes = sorted({class_of(n) for s in sets for n in s.names})
-    index = {c: i for i, c in enumerate(classes)}
-    train_x, train_y, val_x, val_y = [], [], [], []
-    for s in sets:
-        labels = np.array([index[class_of(n)] for n in s.names])
-        is_val = validation_mask(s.names, args.val_fraction)
-        train_x.append(s.rgb_u8[~is_val])
-        train_y.append(labels[~is_val])
-        val_x.append(s.rgb_u8[is_val])
-        val_y.append(labels[is_val])
-    train_labels = torch.from_numpy(np.concatenate(train_y))
-    val_x, val_y = np.concatenate(val_x), np.concatenate(val_y)
+    status, _ = train_command(cfg, args.out, _progress())
+    if status:
+        return status
 
-    config = resnet.ResNetConfig(
-        num_classes=len(classes),
-        widths=tuple(int(w) for w in args.widths.split(",")),
-        stem_stride=args.stem_stride,
-        stem_pool=args.stem_pool,
-        image_size=args.size,
-    )
-    model = resnet.ResNet(config)
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, nesterov=True, weight_decay=args.weight_decay)
-    sampler = BatchSampler(train_x, args.batch, args.size, args.seed, args.min_crop_scale)
-    max_steps = int(args.epochs * len(sampler))
-    warmup = min(500, max_steps // 10)
-
-    def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
-        if step < warmup:
-            return (step + 1) / warmup
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, max_steps - warmup)))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    args.out.mkdir(parents=True, exist_ok=True)
-    state_path, best_path = args.out / "state.pt", args.out / "classifier.pt"
-    step, best = 0, -1.0
-    if state_path.exists():
-        st = torch.load(state_path, weights_only=True)
-        model.load_state_dict(st["model"])
-        opt.load_state_dict(st["opt"])
-        sched.load_state_dict(st["sched"])
-        sampler.load_state_dict(st["sampler"])
-        torch.set_rng_state(st["torch_rng"])
-        step, best = st["step"], st["best"]
-    recipe = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    recipe["sources"] = [str(s) for s in args.sources]
-    recipe["test"] = [str(s) for s in args.test]
-
-    def save_state() -> None:
-        with atomic_path(state_path) as tmp:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "opt": opt.state_dict(),
-                    "sched": sched.state_dict(),
-                    "sampler": sampler.state_dict(),
-                    "torch_rng": torch.get_rng_state(),
-                    "step": step,
-                    "best": best,
-                },
-                tmp,
-            )
-
-    t0, last_save, last_print, seen0 = time.monotonic(), time.monotonic(), 0.0, step
-    while step < max_steps:
-        model.train()
-        x, idx = sampler.next_batch(with_index=True)
-        loss = F.cross_entropy(model(x), train_labels[idx], label_smoothing=0.1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        now = time.monotonic()
-        if now - last_print > 10:
-            last_print = now
-            rate = (step - seen0) * args.batch / (now - t0)
-            print(f"step {step}/{max_steps} loss {loss.item():.3f} {rate:.0f} img/s", flush=True)
-        if step % args.val_every == 0 or step == max_steps:
-            acc = accuracy(model, val_x, val_y)
-            with open(args.out / "log.jsonl", "a") as f:
-                f.write(
-                    json.dumps({"step": step, "epoch": step / len(sampler), "loss": loss.item(), "val_acc": acc}) + "\n"
-                )
-            print(f"step {step}: validation accuracy {acc:.2f}%", flush=True)
-            if acc > best:
-                best = acc
-                resnet.save(
-                    resnet.ClassifierFile(config, classes, model.state_dict(), recipe, {"val_acc": acc, "step": step}),
-                    best_path,
-                )
-            save_state()
-            last_save = now
-        elif now - last_save > 180:
-            save_state()
-            last_save = now
-    save_state()
-
+    best_path = args.out / "classifier.pt"
     cf = resnet.load(best_path)
     metrics = dict(cf.metrics)
     best_model = cf.build()
     for src, t in zip(args.test, tests):
-        known = np.array([class_of(n) in index for n in t.names])
-        labels = np.array([index.get(class_of(n), -1) for n in t.names])
+        labels = class_labels(t.names, cf.classes)
+        known = labels >= 0
         metrics[f"test_acc:{src.name}"] = accuracy(best_model, t.rgb_u8[known], labels[known])
     cf.metrics = metrics
     resnet.save(cf, best_path)

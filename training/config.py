@@ -49,12 +49,19 @@ class TrainConfig:
     gan_pretrain_steps: int = 1000
     gan_noise: bool = True
     critic_lr: float = 2e-4
+    # The ResNet image classifier (family = "classifier", ``python -m training.classifier``): its stem
+    # (see engines.models.resnet.ResNetConfig); the classes are the images' parent folders.
+    stem_stride: int = 1
+    stem_pool: bool = False
     # Optimisation
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 300
     max_steps: int = 20_000
+    # The run's length in passes over the training images instead (0: ``max_steps`` is the length):
+    # max_steps becomes epochs x batches per epoch once the data is loaded.
+    epochs: float = 0.0
     seed: int = 0
     threads: int = 0  # torch CPU threads; 0 leaves torch's default
     # "auto": bfloat16 autocast (with channels-last) on a GPU and on CPUs with bf16 in hardware
@@ -110,8 +117,12 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError("sources and source_sizes must have the same length")
     if cfg.source_repeats and (len(cfg.source_repeats) != len(cfg.sources) or min(cfg.source_repeats) < 1):
         raise ValueError("source_repeats must give a whole number of at least 1 for each source")
-    if cfg.family not in ("regression", "classification", "gan"):
-        raise ValueError(f"family must be regression, classification or gan, not {cfg.family!r}")
+    if cfg.family not in ("regression", "classification", "gan", "classifier"):
+        raise ValueError(f"family must be regression, classification, gan or classifier, not {cfg.family!r}")
+    if cfg.family == "classifier" and cfg.init_from:
+        raise ValueError("the classifier trains from scratch: init_from is for the colour families")
+    if cfg.epochs < 0:
+        raise ValueError(f"epochs must be 0 (use max_steps) or more, not {cfg.epochs!r}")
     if cfg.gan_loss not in ("bce", "lsgan", "wgan-gp"):
         raise ValueError(f"gan_loss must be bce, lsgan or wgan-gp, not {cfg.gan_loss!r}")
     if cfg.color_space not in ("lab", "yuv"):

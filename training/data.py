@@ -238,6 +238,50 @@ def training_sets(
     return train, val
 
 
+def class_of(name: str) -> str:
+    """A labelled image's class: its parent folder (sources laid out ``<split>/<class>/<image>``)."""
+    return Path(name).parent.name
+
+
+def class_labels(names: list[str], classes: list[str]) -> np.ndarray:
+    """Each name's index in ``classes`` (``class_of``), -1 for a class not in the list."""
+    index = {c: i for i, c in enumerate(classes)}
+    return np.array([index.get(class_of(n), -1) for n in names], dtype=np.int64)
+
+
+@dataclass
+class LabelledSets:
+    """Labelled sources decoded and split (gray images dropped): training arrays, one per source (a
+    repeated source listed again), with their labels concatenated in the same order, and the
+    validation images with theirs."""
+
+    classes: list[str]
+    train: list[np.ndarray]
+    train_labels: np.ndarray
+    val_rgb_u8: np.ndarray
+    val_labels: np.ndarray
+
+
+def labelled_sets(
+    sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
+) -> LabelledSets:
+    """As ``training_sets``, with each image's class (``class_of``); the classes are every class found, sorted."""
+    for src in sources:
+        check_source(Path(src))
+    sets = [load_source(Path(src), size, cache_dir) for src, size in zip(sources, sizes)]
+    classes = sorted({class_of(n) for s in sets for n in s.names})
+    train, train_labels, val, val_labels = [], [], [], []
+    for s, n in zip(sets, repeats or (1,) * len(sets)):
+        labels, is_val = class_labels(s.names, classes), validation_mask(s.names, val_fraction)
+        train += [s.rgb_u8[~is_val]] * n
+        train_labels += [labels[~is_val]] * n
+        val.append(s.rgb_u8[is_val])
+        val_labels.append(labels[is_val])
+    if not train or sum(len(t) for t in train) == 0:
+        raise DataError("no colour training images found in the configured sources")
+    return LabelledSets(classes, train, np.concatenate(train_labels), np.concatenate(val), np.concatenate(val_labels))
+
+
 def crop_params(n: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True) -> torch.Tensor:
     """Random scaled crops with flips as affine matrices ``(n, 2, 3)`` for ``F.affine_grid``.
 

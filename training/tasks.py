@@ -1,21 +1,48 @@
 """Tasks plug a model family into the one training loop: each owns its networks, losses and
-optimisers, and ``step()`` returns a dict of scalars."""
+optimisers. What the loop asks of a task class (``TASKS[family]``):
+
+- ``load_data(cfg, cache_dir) -> TaskData``: the sampler's training arrays, the validation data, and
+  what the constructor takes beside the recipe; then ``task = cls(cfg, data.given)``
+- ``place(info)``, ``precision``; ``step(batch)`` returns a dict of scalars (``batch`` is the sampler's,
+  with the images' indices when ``batch_with_index``)
+- ``validate(data.val)``: held-out figures, ``score`` among them (higher is better: it picks the best)
+- ``export(metrics, step, path)`` writes the deliverable (``best_file`` in the run folder);
+  ``write_figures(data.val, out_dir, step)``; ``state_dict()`` / ``load_state_dict()``; ``warm_start(path)``
+
+The colour families (regression, classification, GAN) share ``_SingleNetworkTask``; ``ClassifierTask``
+is the ResNet image classifier (``python -m training.classifier``).
+"""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 
 from engines import color
-from engines.metrics import ab_bin_index, rebalance_weights
+from engines.media.crop import centre_square
+from engines.metrics import AbErrorCurve, ab_bin_index, ab_histogram, colourfulness, rebalance_weights
 from engines.models import checkpoint, classification, gan, resnet
 from engines.models.unet import UNet, UNetConfig
 from engines.runtime import backends as runtime
-from training import distributed
+from training import distributed, figures
 from training.config import TrainConfig
+from training.data import DataError, labelled_sets, training_sets
+
+
+@dataclass
+class TaskData:
+    """A family's data for one run: the sampler's training arrays (one per source, a repeated source
+    listed again), what ``validate`` takes, and what the task's constructor takes beside the recipe."""
+
+    train: list[np.ndarray]
+    val: Any
+    given: Any
 
 
 def network_config(cfg: TrainConfig, **kw) -> UNetConfig:
@@ -36,6 +63,54 @@ def resolve_precision(choice: str, device: torch.device) -> tuple[bool, str]:
     return False, "float32 (this CPU has no bf16 in hardware: emulated bf16 is slower)"
 
 
+def chroma_prior(train_sets: list[np.ndarray], space: str = "lab") -> torch.Tensor:
+    """Chroma histogram (ab-like units, see ``engines.color.split_chroma``) of a sample of the training
+    images: the prior for rebalancing and classification bins."""
+    hist = torch.zeros(22 * 22, dtype=torch.float64)
+    g = np.random.default_rng(0)
+    for arr in train_sets:
+        idx = g.choice(len(arr), size=min(len(arr), 5000), replace=False)
+        x = torch.from_numpy(arr[np.sort(idx)]).permute(0, 3, 1, 2).float() / 255
+        for i in range(0, len(x), 1000):
+            hist += ab_histogram(color.split_chroma(x[i : i + 1000], space)[1])
+    return hist
+
+
+@dataclass
+class ColourValidation:
+    """The colour families' held-out images (sRGB ``(N, 3, S, S)`` in [0, 1]) and the CIELAB ab prior's
+    weights the rebalanced AuC uses."""
+
+    rgb: torch.Tensor
+    metric_weights: torch.Tensor
+
+
+def _centre(arr: np.ndarray, size: int) -> np.ndarray:
+    """Whole (square) images resized to the crop size, so validation sees the same framing for every source."""
+    if arr.shape[1] == size:
+        return arr
+    return np.stack([centre_square(a, size) for a in arr])
+
+
+def colour_data(cfg: TrainConfig, cache_dir: Path) -> TaskData:
+    """Colour images (gray dropped) split per source, the chroma prior, and a fixed subset of
+    validation images as centre crops at the training crop size."""
+    train_sets, val_sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache_dir)
+    if not train_sets or sum(len(t) for t in train_sets) == 0:
+        raise DataError("no colour training images found in the configured sources")
+    if sum(len(v) for v in val_sets) == 0:
+        raise DataError("no images left for validation: give more images or films, or raise val_fraction")
+    # Metrics are always in CIELAB; the engine's own prior is in the space it predicts.
+    prior = chroma_prior(train_sets)
+    metric_weights = rebalance_weights(prior, lam=0.0)
+    if cfg.color_space != "lab":
+        prior = chroma_prior(train_sets, cfg.color_space)
+    val_u8 = np.concatenate([_centre(v, cfg.crop_size) for v in val_sets])
+    val_u8 = val_u8[np.random.default_rng(1).permutation(len(val_u8))[: cfg.val_images]]
+    val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
+    return TaskData(train_sets, ColourValidation(val_rgb, metric_weights), prior)
+
+
 def lr_lambda(cfg: TrainConfig):
     """Linear warm-up, then cosine decay to 5% at ``max_steps``."""
 
@@ -52,6 +127,12 @@ class _SingleNetworkTask:
     """What every one-network family shares: the U-Net, AdamW with warm-up + cosine, the state."""
 
     family = ""
+    best_file = "engine.pt"
+    batch_with_index = False
+
+    @classmethod
+    def load_data(cls, cfg: TrainConfig, cache_dir: Path) -> TaskData:
+        return colour_data(cfg, cache_dir)
 
     def __init__(self, cfg: TrainConfig, arch: UNetConfig, ab_prior: torch.Tensor):
         self.cfg = cfg
@@ -170,6 +251,59 @@ class _SingleNetworkTask:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
+
+    def validate(self, val: ColourValidation) -> dict[str, float]:
+        """Held-out figures for the model and, alongside, for an all-gray prediction; ``score`` is the
+        mean of the plain and rebalanced AuC."""
+        curve, gray = AbErrorCurve(val.metric_weights), AbErrorCurve(val.metric_weights)
+        colorful_pred, colorful_true = [], []
+        for i in range(0, len(val.rgb), 256):
+            rgb = val.rgb[i : i + 256]
+            lab = color.rgb_to_lab(rgb)
+            ab = self.predict_ab(lab[:, :1])
+            curve.update(ab, lab[:, 1:])
+            gray.update(torch.zeros_like(ab), lab[:, 1:])
+            colorful_pred.append(colourfulness(color.lab_to_rgb_keep_lightness(lab[:, :1], ab)))
+            colorful_true.append(colourfulness(rgb))
+        held_out = {
+            "auc": curve.auc(),
+            "auc_rebal": curve.auc_rebalanced(),
+            "gray_auc": gray.auc(),
+            "gray_auc_rebal": gray.auc_rebalanced(),
+            "colourfulness": float(torch.cat(colorful_pred).mean()),
+            "colourfulness_true": float(torch.cat(colorful_true).mean()),
+        }
+        held_out["score"] = (held_out["auc"] + held_out["auc_rebal"]) / 2
+        return held_out
+
+    def write_figures(self, val: ColourValidation, out_dir: Path, step: int) -> None:
+        """The sample grid of the same validation images every time (step 0: before training) and, once
+        there is a validation, the curves."""
+        figures.write_samples(self, val.rgb[:8], out_dir, step)
+        if step:
+            figures.write_curves(out_dir / "log.jsonl", out_dir / "curves.png")
+
+    def export(self, metrics: dict, step: int, path: Path) -> None:
+        """The engine file ``colorize`` loads (fp16 weights)."""
+        checkpoint.save(
+            checkpoint.EngineCheckpoint(
+                family=self.family,
+                arch=self.model.config,
+                color_space=self.cfg.color_space,
+                state_dict=self.model.state_dict(),
+                working_size=self.cfg.working_size,
+                trained_on={
+                    "recipe": self.cfg.to_dict(),
+                    "step": step,
+                    "images_seen": step * self.cfg.batch_size,
+                    "precision": self.precision,
+                },
+                metrics=metrics,
+                family_state=self.family_state(),
+            ),
+            path,
+            half=True,
+        )
 
 
 class RegressionTask(_SingleNetworkTask):
@@ -373,3 +507,115 @@ class GanTask(_SingleNetworkTask):
 
 
 TASKS["gan"] = GanTask
+
+
+@torch.inference_mode()
+def accuracy(model: resnet.ResNet, rgb_u8: np.ndarray, labels: np.ndarray, batch: int = 500) -> float:
+    """Top-1 accuracy in percent of a classifier on ``rgb_u8 (N, S, S, 3)`` against class indices."""
+    model.eval()
+    device = next(model.parameters()).device
+    correct = 0
+    for i in range(0, len(rgb_u8), batch):
+        x = torch.from_numpy(rgb_u8[i : i + batch]).permute(0, 3, 1, 2).float().to(device) / 255
+        correct += int((model(x).argmax(1).cpu().numpy() == labels[i : i + batch]).sum())
+    return 100.0 * correct / max(1, len(rgb_u8))
+
+
+@dataclass
+class LabelledValidation:
+    rgb_u8: np.ndarray
+    labels: np.ndarray
+
+
+class ClassifierTask:
+    """The ResNet-18 image classifier (the realism probe's judge, and a U-Net encoder's start), from
+    scratch on labelled colour photos: cross-entropy with label smoothing 0.1, SGD with Nesterov
+    momentum, linear warm-up (``warmup_steps``, at most a tenth of the run) then cosine to zero,
+    float32. The labels are the images' parent folders (``training.data.class_of``)."""
+
+    family = "classifier"
+    best_file = "classifier.pt"
+    batch_with_index = True  # the labels are looked up by the images' indices
+
+    @classmethod
+    def load_data(cls, cfg: TrainConfig, cache_dir: Path) -> TaskData:
+        sets = labelled_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache_dir)
+        return TaskData(sets.train, LabelledValidation(sets.val_rgb_u8, sets.val_labels), sets)
+
+    def __init__(self, cfg: TrainConfig, sets):
+        self.cfg, self.classes = cfg, sets.classes
+        self.train_labels = torch.from_numpy(sets.train_labels)
+        self.model = resnet.ResNet(
+            resnet.ResNetConfig(
+                num_classes=len(self.classes),
+                widths=cfg.widths,
+                stem_stride=cfg.stem_stride,
+                stem_pool=cfg.stem_pool,
+                image_size=cfg.crop_size,
+            )
+        )
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=cfg.lr, momentum=0.9, nesterov=True, weight_decay=cfg.weight_decay
+        )
+        warmup, total = min(cfg.warmup_steps, cfg.max_steps // 10), cfg.max_steps
+
+        def lr_at(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lr_at)
+        self.device = torch.device("cpu")
+        self.net: torch.nn.Module = self.model
+        self.precision = "float32 (the classifier trains in float32)"
+
+    def place(self, info: distributed.DistInfo) -> None:
+        self.device = info.device
+        self.model.to(self.device)
+        self.net = distributed.wrap(self.model, info)
+
+    def warm_start(self, path: str) -> list[str]:  # pragma: no cover - the recipe check refuses init_from
+        raise ValueError("the classifier trains from scratch: init_from is not supported")
+
+    def step(self, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """One SGD step on ``(sRGB crops (B, 3, S, S) in [0, 1], their indices into the training images)``."""
+        x, idx = batch
+        self.net.train()
+        logits = self.net(x.to(self.device, non_blocking=True))
+        loss = F.cross_entropy(logits, self.train_labels[idx].to(self.device), label_smoothing=0.1)
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.opt.step()
+        self.sched.step()
+        return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
+
+    def validate(self, val: LabelledValidation) -> dict[str, float]:
+        acc = accuracy(self.model, val.rgb_u8, val.labels)
+        return {"val_acc": acc, "score": acc}
+
+    def write_figures(self, val: LabelledValidation, out_dir: Path, step: int) -> None:
+        """Nothing: the log's accuracy says it all."""
+
+    def export(self, metrics: dict, step: int, path: Path) -> None:
+        """The classifier file ``colorize eval --classifier`` and ``encoder_from`` load."""
+        resnet.save(
+            resnet.ClassifierFile(
+                self.model.config,
+                self.classes,
+                self.model.state_dict(),
+                self.cfg.to_dict(),
+                {"val_acc": metrics["val_acc"], "step": step},
+            ),
+            path,
+        )
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+
+
+TASKS["classifier"] = ClassifierTask
