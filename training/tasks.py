@@ -123,7 +123,23 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-class _SingleNetworkTask:
+class _Resumable:
+    """The resumable state every task with one model, one optimiser and one schedule shares."""
+
+    model: torch.nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+
+
+class _SingleNetworkTask(_Resumable):
     """What every one-network family shares: the U-Net, AdamW with warm-up + cosine, the state."""
 
     family = ""
@@ -243,14 +259,6 @@ class _SingleNetworkTask:
 
     def _input(self, l: torch.Tensor) -> torch.Tensor:
         return color.input_from_lightness(l.to(self.device), self.cfg.color_space)
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
 
     def validate(self, val: ColourValidation) -> dict[str, float]:
         """Held-out figures for the model and, alongside, for an all-gray prediction; ``score`` is the
@@ -527,7 +535,7 @@ class LabelledValidation:
     labels: np.ndarray
 
 
-class ClassifierTask:
+class ClassifierTask(_Resumable):
     """The ResNet-18 image classifier (the realism probe's judge, and a U-Net encoder's start), from
     scratch on labelled colour photos: cross-entropy with label smoothing 0.1, SGD with Nesterov
     momentum, linear warm-up (``warmup_steps``, at most a tenth of the run) then cosine to zero,
@@ -608,14 +616,6 @@ class ClassifierTask:
             ),
             path,
         )
-
-    def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["opt"])
-        self.sched.load_state_dict(state["sched"])
 
 
 TASKS["classifier"] = ClassifierTask
