@@ -101,7 +101,9 @@ def main() -> None:
         np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()])
     )
     points = []
-    paths = ([args.start_engine] if args.start_engine else []) + sorted(args.snapshots)
+    # A snapshot named twice (two overlapping shell globs) must not draw its point twice.
+    snapshots = sorted({path.resolve(): path for path in args.snapshots}.values())
+    paths = ([args.start_engine] if args.start_engine else []) + snapshots
     for i, path in enumerate(paths):
         r = score(path, photos, weights, options, backend)
         n = 0 if (args.start_engine and i == 0) else images_seen(checkpoint.load(path))
