@@ -274,16 +274,7 @@ def write_section(path: Path, lines: list[str]) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
-    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--photos-folder", type=Path, help="time folders of photos only (see above)")
-    p.add_argument("--photos", type=int, default=200)
-    p.add_argument("--loop-photos", type=int, default=20)
-    p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--baseline-root", type=Path, help="an older checkout to run the same command from")
-    p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
-    args = p.parse_args()
+    args = parse_args()
     if args.photos_folder:
         lines = photos_section(args)
         args.out.mkdir(parents=True, exist_ok=True)
@@ -292,73 +283,10 @@ def main() -> None:
         return
     header = machine()
     print(header, flush=True)
-    rows: list[dict] = []
-    agreement: list[str] = []
     with tempfile.TemporaryDirectory() as cache, torch.inference_mode():
         os.environ["COLORIZE_CACHE_DIR"] = cache  # the benchmark's ONNX exports stay out of the user's cache
-        for name, net in networks().items():
-            for label, runner in runners(name, net).items():
-                for size in args.sizes:
-                    n = batch_for(label, size)
-                    x = torch.rand(n, net.config.in_channels, size, size) * 2 - 1
-                    if label.startswith("cuda"):  # pragma: no cover - GPU machines only
-                        x = x.cuda()
-
-                        def call(r=runner, x=x):
-                            r(x)
-                            torch.cuda.synchronize()
-                    else:
-
-                        def call(r=runner, x=x):
-                            r(x)
-
-                    s = median_seconds(call)
-                    rows.append(
-                        {
-                            "model": name,
-                            "size": size,
-                            "backend": label,
-                            "batch": n,
-                            "ips": n / s,
-                            "gflops": gflops(net, size),
-                        }
-                    )
-                    print(f"{name} {size} {label}: {n / s:.1f} img/s", flush=True)
-            if torch.cuda.is_available() and name in ENGINES:  # pragma: no cover - GPU machines only
-                decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
-                x = torch.rand(8, net.config.in_channels, 256, 256) * 2 - 1
-                r = runners(name, net)
-                fp16, fp32 = (decode(r[k](x).float().cpu()) for k in ("cuda FP16 + graphs", "cuda FP32"))
-                agreement.append(f"| {name} | {(fp16 - fp32).abs().max().item():.3f} |")
-    eccv = {(r["size"], r["backend"]): r["ips"] for r in rows if r["model"] == "eccv16"}
-    lines = [
-        header,
-        "",
-        "Network alone (medians after warm-up):",
-        "",
-        "| engine | size | backend | batch | images/s | GFLOPs/image | speed vs ECCV16, same backend |",
-        "|---|---:|---|---:|---:|---:|---:|",
-    ]
-    for r in rows:
-        ratio = r["ips"] / eccv[(r["size"], r["backend"])]
-        lines.append(
-            f"| {r['model']} | {r['size']} | {r['backend']} | {r['batch']} | {r['ips']:.1f} "
-            f"| {r['gflops']:.2f} | {ratio:.1f}x |"
-        )
-    lines += [
-        "",
-        f"End to end on `{PHOTO.relative_to(ROOT)}` (512x512), `--backend auto`:",
-        "",
-        (
-            "| engine | in-process photo latency (ms) | first command: wall (s) | peak RSS (MB) "
-            "| later commands: wall (s) | peak RSS (MB) |"
-        ),
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for name in ENGINES:
-        lat, wall0, peak0, wall, peak = end_to_end(name)
-        lines.append(f"| {name} | {lat:.0f} | {wall0:.2f} | {peak0:.0f} | {wall:.2f} | {peak:.0f} |")
-        print(lines[-1], flush=True)
+        rows, agreement = network_rows(args.sizes)
+    lines = [header, "", *network_table(rows), "", *end_to_end_table()]
     if agreement:  # pragma: no cover - GPU machines only
         lines += [
             "",
@@ -374,6 +302,92 @@ def main() -> None:
     (args.out / "speed.md").write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
     plot(rows, args.out / "speed.png")
     print("\n".join(lines))
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--photos-folder", type=Path, help="time folders of photos only (see above)")
+    p.add_argument("--photos", type=int, default=200)
+    p.add_argument("--loop-photos", type=int, default=20)
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--baseline-root", type=Path, help="an older checkout to run the same command from")
+    p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
+    return p.parse_args()
+
+
+def network_rows(sizes: list[int]) -> tuple[list[dict], list[str]]:
+    """Every network on every runner at every size: one row each (images/s, GFLOPs); and on a GPU the
+    FP16-against-FP32 table's rows."""
+    rows: list[dict] = []
+    agreement: list[str] = []
+    for name, net in networks().items():
+        for label, runner in runners(name, net).items():
+            for size in sizes:
+                n = batch_for(label, size)
+                x = torch.rand(n, net.config.in_channels, size, size) * 2 - 1
+                ips = n / median_seconds(_timed_call(label, runner, x))
+                rows.append(
+                    {"model": name, "size": size, "backend": label, "batch": n, "ips": ips, "gflops": gflops(net, size)}
+                )
+                print(f"{name} {size} {label}: {ips:.1f} img/s", flush=True)
+        if torch.cuda.is_available() and name in ENGINES:  # pragma: no cover - GPU machines only
+            decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
+            x = torch.rand(8, net.config.in_channels, 256, 256) * 2 - 1
+            r = runners(name, net)
+            fp16, fp32 = (decode(r[k](x).float().cpu()) for k in ("cuda FP16 + graphs", "cuda FP32"))
+            agreement.append(f"| {name} | {(fp16 - fp32).abs().max().item():.3f} |")
+    return rows, agreement
+
+
+def _timed_call(label: str, runner, x: torch.Tensor):
+    """What one timed call runs: ``runner`` on ``x`` (on the GPU for a CUDA runner, waiting for it to finish)."""
+    if label.startswith("cuda"):  # pragma: no cover - GPU machines only
+        x = x.cuda()
+
+        def call():
+            runner(x)
+            torch.cuda.synchronize()
+
+        return call
+    return lambda: runner(x)
+
+
+def network_table(rows: list[dict]) -> list[str]:
+    """The network-alone table, each row's speed also as a ratio to ECCV16's on the same backend and size."""
+    eccv = {(r["size"], r["backend"]): r["ips"] for r in rows if r["model"] == "eccv16"}
+    lines = [
+        "Network alone (medians after warm-up):",
+        "",
+        "| engine | size | backend | batch | images/s | GFLOPs/image | speed vs ECCV16, same backend |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        ratio = r["ips"] / eccv[(r["size"], r["backend"])]
+        lines.append(
+            f"| {r['model']} | {r['size']} | {r['backend']} | {r['batch']} | {r['ips']:.1f} "
+            f"| {r['gflops']:.2f} | {ratio:.1f}x |"
+        )
+    return lines
+
+
+def end_to_end_table() -> list[str]:
+    """The end-to-end table, one engine at a time (each row printed as it comes)."""
+    lines = [
+        f"End to end on `{PHOTO.relative_to(ROOT)}` (512x512), `--backend auto`:",
+        "",
+        (
+            "| engine | in-process photo latency (ms) | first command: wall (s) | peak RSS (MB) "
+            "| later commands: wall (s) | peak RSS (MB) |"
+        ),
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name in ENGINES:
+        lat, wall0, peak0, wall, peak = end_to_end(name)
+        lines.append(f"| {name} | {lat:.0f} | {wall0:.2f} | {peak0:.0f} | {wall:.2f} | {peak:.0f} |")
+        print(lines[-1], flush=True)
+    return lines
 
 
 if __name__ == "__main__":

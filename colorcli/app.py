@@ -7,6 +7,7 @@ Exit codes: 0 every input succeeded; 1 some input failed (the others were still 
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import sys
@@ -208,20 +209,11 @@ def run(
     """Colour photos and films (the default command): `colorize scans/ film.mp4 -o coloured/`.
 
     Inputs are files, folders or glob patterns; photos and films may be mixed."""
-    try:
-        get_spec(model)
-    except UnknownEngineError as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+    _check_model(model)
     if not (saturation >= 0 and math.isfinite(saturation)):
         _err(f"--saturation must be 0 or more (0: gray, 1: as predicted), got {saturation}")
         raise typer.Exit(EXIT_USAGE)
-    decode_options: dict = {}
-    if decoding is not None:
-        decode_options["method"] = decoding.value
-    if temperature is not None:
-        decode_options["temperature"] = temperature
-    if correction is not None:
-        decode_options["correction"] = correction
+    decode_options = _decode_options(decoding, temperature, correction)
     video = {
         "codec": codec,
         "crf": crf,
@@ -234,6 +226,26 @@ def run(
         decode_options, samples, seed, video, threads, saturation, resume,
     )  # fmt: skip
     raise typer.Exit(_run(inputs, opts))
+
+
+def _check_model(model: str) -> None:
+    """An unknown ``--model`` is a usage error naming the engines there are."""
+    try:
+        get_spec(model)
+    except UnknownEngineError as e:
+        raise typer.BadParameter(str(e), param_hint="--model") from None
+
+
+def _decode_options(decoding: DecodingChoice | None, temperature: float | None, correction: float | None) -> dict:
+    """The classification decoding flags given, as ``load_colorizer`` keywords (the engine's defaults for the rest)."""
+    options: dict = {}
+    if decoding is not None:
+        options["method"] = decoding.value
+    if temperature is not None:
+        options["temperature"] = temperature
+    if correction is not None:
+        options["correction"] = correction
+    return options
 
 
 def _run(inputs: list[str], opts: RunOptions) -> int:
@@ -274,31 +286,37 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     with _progress(len(jobs), enabled=sys.stderr.isatty() and not opts.json_out) as progress:
         for job, seconds in _colorize_all(colorizer, jobs, opts, progress):
             failed += job.error is not None
-            if opts.json_out:
-                record = {
-                    "input": job.input,
-                    "output": job.output if job.error is None else None,
-                    "status": "ok" if job.error is None else "error",
-                    "error": job.error,
-                    "seconds": round(seconds, 4),
-                }
-                if job.notes:
-                    record["notes"] = job.notes
-                if opts.samples > 1 and job.error is None:
-                    record["outputs"] = [str(p) for p in _sample_paths(Path(job.output), opts.samples)]
-                    record["output"] = record["outputs"][0]
-                typer.echo(json.dumps(record))
-            elif job.error is not None:
-                _err(f"{job.input}: {job.error}")
-            elif opts.verbose:
-                _err(f"{job.input} -> {job.output} ({seconds:.2f} s)")
-            if not opts.json_out:
-                for note in job.notes:
-                    _err(f"{job.input}: note: {note}")
+            _report(job, seconds, opts)
             progress.advance()
     if not opts.json_out and len(jobs) > 1:
         _err(f"{len(jobs) - failed} of {len(jobs)} colorized" + (f", {failed} failed" if failed else ""))
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _report(job: Job, seconds: float, opts: RunOptions) -> None:
+    """A finished job: its JSON line on stdout with --json; otherwise its error and notes (and with
+    --verbose its output) on stderr."""
+    if opts.json_out:
+        record = {
+            "input": job.input,
+            "output": job.output if job.error is None else None,
+            "status": "ok" if job.error is None else "error",
+            "error": job.error,
+            "seconds": round(seconds, 4),
+        }
+        if job.notes:
+            record["notes"] = job.notes
+        if opts.samples > 1 and job.error is None:
+            record["outputs"] = [str(p) for p in _sample_paths(Path(job.output), opts.samples)]
+            record["output"] = record["outputs"][0]
+        typer.echo(json.dumps(record))
+        return
+    if job.error is not None:
+        _err(f"{job.input}: {job.error}")
+    elif opts.verbose:
+        _err(f"{job.input} -> {job.output} ({seconds:.2f} s)")
+    for note in job.notes:
+        _err(f"{job.input}: note: {note}")
 
 
 def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -> str | None:
@@ -367,7 +385,7 @@ def _sample_paths(out: Path, samples: int) -> list[Path]:
 
 def _colorize_all(colorizer, jobs: list[Job], opts: RunOptions, progress: _progress) -> Iterator[tuple[Job, float]]:
     """Every job, in input order, with ``job.error`` set on failure and the seconds it took: films one at
-    a time, each unbroken run of photos through ``_colorize_photos``."""
+    a time, each unbroken run of photos through ``_PhotoPipeline``."""
     from engines.video.film import is_video
 
     k = 0
@@ -382,7 +400,7 @@ def _colorize_all(colorizer, jobs: list[Job], opts: RunOptions, progress: _progr
         end = k
         while end < len(jobs) and (jobs[end].error is not None or not is_video(Path(jobs[end].input))):
             end += 1
-        yield from _colorize_photos(colorizer, jobs[k:end], opts)
+        yield from _PhotoPipeline(colorizer, jobs[k:end], opts).run()
         k = end
 
 
@@ -405,8 +423,8 @@ def _photo_error(e: Exception) -> str:
     return f"internal error: {type(e).__name__}: {e}"  # a bug of ours: still one line, and the batch goes on
 
 
-def _colorize_photos(colorizer, jobs: list[Job], opts: RunOptions) -> Iterator[tuple[Job, float]]:
-    """Colour photos (``opts.samples`` colourings each) and yield each job in input order when done.
+class _PhotoPipeline:
+    """Colour photos (``opts.samples`` colourings each); ``run()`` yields each job in input order when done.
 
     As in the film path, three stages overlap: decoding and lightness (two threads), the engine (this
     thread: photos with the same ``Colorizer.work_shape`` go through the network together, up to _BATCH
@@ -414,45 +432,94 @@ def _colorize_photos(colorizer, jobs: list[Job], opts: RunOptions) -> Iterator[t
     core by the GIL; 3 measured 25% faster than 1 on two cores). A failing photo fails alone; outputs are
     written atomically by ``write_photo``.
     """
-    import collections
-    from concurrent.futures import ThreadPoolExecutor
 
-    import torch
+    def __init__(self, colorizer, jobs: list[Job], opts: RunOptions):
+        self.colorizer, self.opts = colorizer, opts
+        self.seconds = {id(job): 0.0 for job in jobs}  # decoding + its share of the engine call + encoding
+        self.pixels = {id(job): 0 for job in jobs}
+        self.writes: dict[int, list] = {id(job): [] for job in jobs}  # each job's encode futures, one per sample
+        self.decoding: collections.deque = collections.deque()  # (job, future), in input order
+        self.waiting: dict[tuple, list] = {}  # work shape -> [(job, photo, l, outs)]; the first key: the oldest
+        self.encoding: collections.deque = collections.deque()  # every encode future, in submission order
+        self.todo = collections.deque(jobs)  # input order; the head is yielded once finished
+        self.flight = 0  # pixels of photos decoded and not yet yielded
+        self.pending = (job for job in jobs if job.error is None)
 
-    from engines.media.photo_io import read_photo, write_photo
+    def run(self) -> Iterator[tuple[Job, float]]:
+        from concurrent.futures import ThreadPoolExecutor
 
-    def decode(job: Job):
+        import torch
+
+        threads = torch.get_num_threads()
+        if self.colorizer.device.type == "cpu" and self.opts.threads is None:
+            # The stages run in parallel threads: one engine thread avoids oversubscribing the cores
+            # (as for films; measured faster than two on two cores).
+            self.colorizer.set_threads(1)
+        self.decoder, self.encoder = ThreadPoolExecutor(2, "decode"), ThreadPoolExecutor(3, "encode")
+        try:
+            self._refill()
+            while self.decoding:
+                job, future = self.decoding.popleft()
+                self._batch(job, *future.result())
+                # Bounded: wait for the oldest writes while too many are queued or too many pixels are held.
+                while self.encoding and (len(self.encoding) > 2 * _BATCH or self.flight > _FLIGHT_PIXELS):
+                    self.encoding.popleft().result()
+                yield from self._finished()
+                self._refill()
+            while self.waiting:
+                self._run_engine(self.waiting.pop(next(iter(self.waiting))))
+            for f in self.encoding:
+                f.result()
+            yield from self._finished()
+        finally:
+            self.decoder.shutdown(cancel_futures=True)
+            self.encoder.shutdown(cancel_futures=True)
+            self.colorizer.set_threads(threads)
+
+    def _refill(self) -> None:
+        """Keep two photos decoding, and up to 2 * _BATCH while the decoded pixels stay under _FLIGHT_PIXELS."""
+        while len(self.decoding) < 2 or (len(self.decoding) < 2 * _BATCH and self.flight < _FLIGHT_PIXELS):
+            job = next(self.pending, None)
+            if job is None:
+                return
+            self.decoding.append((job, self.decoder.submit(self._decode, job)))
+
+    def _decode(self, job: Job):
+        """``((photo, lightness, output paths) or the error, seconds)``; runs on a decoder thread."""
+        from engines.media.photo_io import read_photo
+
         t0 = time.perf_counter()
-        outs = _sample_paths(Path(job.output), opts.samples)
+        outs = _sample_paths(Path(job.output), self.opts.samples)
         for out in outs:
-            if out.exists() and not opts.overwrite:
+            if out.exists() and not self.opts.overwrite:
                 return f"output {out} exists (use --overwrite to replace it)", 0.0
         try:
             photo = read_photo(Path(job.input))
-            return (photo, colorizer.lightness(photo.rgb), outs), time.perf_counter() - t0
+            return (photo, self.colorizer.lightness(photo.rgb), outs), time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one line per photo, whatever went wrong
             return _photo_error(e), time.perf_counter() - t0
 
-    def encode(photo, l, ab, out: Path):
-        t0 = time.perf_counter()
-        try:
-            rgb = colorizer.compose(l, ab)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=opts.quality)
-            return None, time.perf_counter() - t0
-        except Exception as e:  # noqa: BLE001
-            return _photo_error(e), time.perf_counter() - t0
+    def _batch(self, job: Job, result, seconds: float) -> None:
+        """A decoded photo joins the photos of its work shape; a full batch (or a large photo, alone)
+        goes through the engine, and so does the oldest shape's when too many photos wait."""
+        self.seconds[id(job)] += seconds
+        if isinstance(result, str):
+            job.error = result
+            return
+        photo, l, outs = result
+        h, w = l.shape[-2:]
+        self.pixels[id(job)] = h * w
+        self.flight += h * w
+        key = self.colorizer.work_shape(h, w) if h * w <= _BATCH_PIXELS else ("alone", id(job))
+        self.waiting.setdefault(key, []).append((job, photo, l, outs))
+        if len(self.waiting[key]) >= _BATCH or h * w > _BATCH_PIXELS:
+            self._run_engine(self.waiting.pop(key))
+        elif sum(map(len, self.waiting.values())) >= 2 * _BATCH:  # many shapes: the oldest photo's goes
+            self._run_engine(self.waiting.pop(next(iter(self.waiting))))
 
-    seconds = {id(job): 0.0 for job in jobs}  # decoding + its share of the engine call + encoding
-    pixels = {id(job): 0 for job in jobs}
-    writes: dict[int, list] = {id(job): [] for job in jobs}  # each job's encode futures, one per sample
-    decoding: collections.deque = collections.deque()  # (job, future), in input order
-    waiting: dict[tuple, list] = {}  # work shape -> [(job, photo, l, outs)]; the first key holds the oldest
-    encoding: collections.deque = collections.deque()  # every encode future, in submission order
-    todo = collections.deque(jobs)  # input order; the head is yielded once finished
-    flight = 0  # pixels of photos decoded and not yet yielded
-
-    def run_engine(batch: list) -> None:
+    def _run_engine(self, batch: list) -> None:
+        """One network call per sample for the batch, then each colouring off to the encoders."""
+        colorizer, opts = self.colorizer, self.opts
         t0 = time.perf_counter()
         per_sample = []
         for k in range(opts.samples):
@@ -464,76 +531,43 @@ def _colorize_photos(colorizer, jobs: list[Job], opts: RunOptions) -> Iterator[t
         colorizer.seed = opts.seed
         share = (time.perf_counter() - t0) / len(batch)
         for i, (job, photo, l, outs) in enumerate(batch):
-            seconds[id(job)] += share
+            self.seconds[id(job)] += share
             for ab_list, out in zip(per_sample, outs):
                 if isinstance(ab_list[i], Exception):
                     job.error = job.error or _photo_error(ab_list[i])
                 elif job.error is None:
-                    writes[id(job)].append(encoder.submit(encode, photo, l, ab_list[i], out))
-                    encoding.append(writes[id(job)][-1])
+                    self.writes[id(job)].append(self.encoder.submit(self._encode, photo, l, ab_list[i], out))
+                    self.encoding.append(self.writes[id(job)][-1])
 
-    def upstream(job: Job) -> bool:  # still decoding or waiting for the engine
-        return any(job is j for j, _ in decoding) or any(job is item[0] for b in waiting.values() for item in b)
+    def _encode(self, photo, l, ab, out: Path):
+        """``(None or the error, seconds)``; runs on an encoder thread."""
+        from engines.media.photo_io import write_photo
 
-    def results() -> Iterator[tuple[Job, float]]:
-        nonlocal flight
-        while todo and not upstream(todo[0]) and all(f.done() for f in writes[id(todo[0])]):
-            job = todo.popleft()
-            for f in writes.pop(id(job)):
+        t0 = time.perf_counter()
+        try:
+            rgb = self.colorizer.compose(l, ab)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=self.opts.quality)
+            return None, time.perf_counter() - t0
+        except Exception as e:  # noqa: BLE001
+            return _photo_error(e), time.perf_counter() - t0
+
+    def _upstream(self, job: Job) -> bool:
+        """Still decoding or waiting for the engine."""
+        return any(job is j for j, _ in self.decoding) or any(
+            job is item[0] for b in self.waiting.values() for item in b
+        )
+
+    def _finished(self) -> Iterator[tuple[Job, float]]:
+        """The jobs at the head of the input order whose every stage is done, with their seconds."""
+        while self.todo and not self._upstream(self.todo[0]) and all(f.done() for f in self.writes[id(self.todo[0])]):
+            job = self.todo.popleft()
+            for f in self.writes.pop(id(job)):
                 error, s = f.result()
-                seconds[id(job)] += s
+                self.seconds[id(job)] += s
                 job.error = job.error or error
-            flight -= pixels.pop(id(job))
-            yield job, seconds.pop(id(job))
-
-    threads = torch.get_num_threads()
-    if colorizer.device.type == "cpu" and opts.threads is None:
-        # The stages run in parallel threads: one engine thread avoids oversubscribing the cores
-        # (as for films; measured faster than two on two cores).
-        colorizer.set_threads(1)
-    decoder, encoder = ThreadPoolExecutor(2, "decode"), ThreadPoolExecutor(3, "encode")
-    pending = (job for job in jobs if job.error is None)
-
-    def refill() -> None:
-        while len(decoding) < 2 or (len(decoding) < 2 * _BATCH and flight < _FLIGHT_PIXELS):
-            job = next(pending, None)
-            if job is None:
-                return
-            decoding.append((job, decoder.submit(decode, job)))
-
-    try:
-        refill()
-        while decoding:
-            job, future = decoding.popleft()
-            result, s = future.result()
-            seconds[id(job)] += s
-            if isinstance(result, str):
-                job.error = result
-            else:
-                photo, l, outs = result
-                h, w = l.shape[-2:]
-                pixels[id(job)] = h * w
-                flight += h * w
-                key = colorizer.work_shape(h, w) if h * w <= _BATCH_PIXELS else ("alone", id(job))
-                waiting.setdefault(key, []).append((job, photo, l, outs))
-                if len(waiting[key]) >= _BATCH or h * w > _BATCH_PIXELS:
-                    run_engine(waiting.pop(key))
-                elif sum(map(len, waiting.values())) >= 2 * _BATCH:  # many shapes: the oldest photo's goes
-                    run_engine(waiting.pop(next(iter(waiting))))
-            # Bounded: wait for the oldest writes while too many are queued or too many pixels are held.
-            while encoding and (len(encoding) > 2 * _BATCH or flight > _FLIGHT_PIXELS):
-                encoding.popleft().result()
-            yield from results()
-            refill()
-        while waiting:
-            run_engine(waiting.pop(next(iter(waiting))))
-        for f in encoding:
-            f.result()
-        yield from results()
-    finally:
-        decoder.shutdown(cancel_futures=True)
-        encoder.shutdown(cancel_futures=True)
-        colorizer.set_threads(threads)
+            self.flight -= self.pixels.pop(id(job))
+            yield job, self.seconds.pop(id(job))
 
 
 def _predict_alone(colorizer, l):
@@ -620,10 +654,31 @@ def sheet(
 
     One labelled image of the photo under every engine, working size and (classification) temperature;
     each label is the flags that give that picture with `colorize PHOTO ...`."""
-    import numpy as np
+    names, size_list, temperature_list = _sheet_settings(models, sizes, temperatures)
+    _check_sheet_output(output, overwrite)
+    rgb = _read_sheet_photo(photo)
 
-    from engines.media.formats import IMAGE_SUFFIXES
+    from engines.runtime.backends import BackendUnavailable, select_backend
 
+    try:
+        chosen = select_backend(backend.value)
+    except BackendUnavailable as e:
+        _err(f"sheet: {e}")
+        raise typer.Exit(EXIT_USAGE) from None
+    settings = [
+        (name, t) for name in names for t in (temperature_list if get_spec(name).family == "classification" else [None])
+    ]
+    rows = _sheet_rows(rgb, settings, size_list, chosen, cell)
+    long_side = max(rgb.shape[:2])
+    title = f"colorize {photo.name} + the flags under a picture"
+    if max(size_list) > long_side:
+        title += f"  (sizes above {long_side}, the photo's long side, all see it at {long_side})"
+    _write_sheet(output, rows, title)
+    typer.echo(f"wrote {output} ({len(rows)} x {len(size_list)} cells)")
+
+
+def _sheet_settings(models: str, sizes: str, temperatures: str) -> tuple[list[str], list[int], list[float]]:
+    """``sheet``'s engine names, working sizes and temperatures; a bad one is a usage error."""
     try:
         names = [m.strip() for m in models.split(",") if m.strip()]
         for name in names:
@@ -635,6 +690,12 @@ def sheet(
     except (UnknownEngineError, ValueError) as e:
         _err(f"sheet: {e}")
         raise typer.Exit(EXIT_USAGE) from None
+    return names, size_list, temperature_list
+
+
+def _check_sheet_output(output: Path, overwrite: bool) -> None:
+    from engines.media.formats import IMAGE_SUFFIXES
+
     if output.suffix.lower() not in IMAGE_SUFFIXES:
         _err(f"sheet: {output}: unsupported output format {output.suffix or '(no suffix)'} (use .png or .jpg)")
         raise typer.Exit(EXIT_USAGE)
@@ -642,26 +703,24 @@ def sheet(
         _err(f"sheet: output {output} exists (use --overwrite to replace it)")
         raise typer.Exit(EXIT_FAILED)
 
-    from engines.media.photo_io import PhotoError, read_photo, write_photo
-    from engines.media.sheet import contact_sheet, thumbnail
-    from engines.models.checkpoint import CheckpointError
-    from engines.pipeline import load_colorizer
-    from engines.runtime.backends import BackendUnavailable, select_backend
+
+def _read_sheet_photo(photo: Path):
+    from engines.media.photo_io import PhotoError, read_photo
 
     try:
-        rgb = read_photo(photo).rgb
+        return read_photo(photo).rgb
     except PhotoError as e:
         _err(f"sheet: {photo}: {e}")
         raise typer.Exit(EXIT_FAILED) from None
-    try:
-        chosen = select_backend(backend.value)
-    except BackendUnavailable as e:
-        _err(f"sheet: {e}")
-        raise typer.Exit(EXIT_USAGE) from None
-    rows = []  # one per engine (and temperature), one cell per working size
-    settings = [
-        (name, t) for name in names for t in (temperature_list if get_spec(name).family == "classification" else [None])
-    ]
+
+
+def _sheet_rows(rgb, settings: list[tuple[str, float | None]], size_list: list[int], backend, cell: int) -> list:
+    """One row per (engine, temperature), one labelled thumbnail per working size."""
+    from engines.media.sheet import thumbnail
+    from engines.models.checkpoint import CheckpointError
+    from engines.pipeline import load_colorizer
+
+    rows = []
     with _progress(len(settings) * len(size_list), enabled=sys.stderr.isatty()) as progress:
         for name, t in settings:
             flags = [f"--model {name}"] + ([f"--temperature {t:g}"] if t is not None else [])
@@ -669,24 +728,28 @@ def sheet(
             for size in size_list:
                 options = {"temperature": t} if t is not None else {}
                 try:
-                    colorizer = load_colorizer(name, chosen, working_size=size, **options)
+                    colorizer = load_colorizer(name, backend, working_size=size, **options)
                 except (CheckpointError, OSError, ValueError) as e:
                     _err(f"sheet: cannot load model {name}: {e}")
                     raise typer.Exit(EXIT_USAGE) from None
                 row.append((thumbnail(colorizer.colorize(rgb), cell), [*flags, f"--working-size {size}"]))
                 progress.advance()
             rows.append(row)
-    long_side = max(rgb.shape[:2])
-    title = f"colorize {photo.name} + the flags under a picture"
-    if max(size_list) > long_side:
-        title += f"  (sizes above {long_side}, the photo's long side, all see it at {long_side})"
+    return rows
+
+
+def _write_sheet(output: Path, rows: list, title: str) -> None:
+    import numpy as np
+
+    from engines.media.photo_io import PhotoError, write_photo
+    from engines.media.sheet import contact_sheet
+
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
         write_photo(output, contact_sheet(rows, title).astype(np.float32) / 255, quality=92)
     except (PhotoError, OSError) as e:
         _err(f"sheet: {output}: {e}")
         raise typer.Exit(EXIT_FAILED) from None
-    typer.echo(f"wrote {output} ({len(rows)} x {len(size_list)} cells)")
 
 
 @app.command("models")
@@ -893,10 +956,7 @@ def export(
     weights: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
 ) -> None:
     """Export an engine's network to ONNX (dynamic batch and size): `colorize export gan.onnx -m gan`."""
-    try:
-        get_spec(model)
-    except UnknownEngineError as e:
-        raise typer.BadParameter(str(e), param_hint="--model") from None
+    _check_model(model)
     from engines.models.checkpoint import CheckpointError
     from engines.pipeline import load_colorizer
     from engines.runtime.backends import select_backend

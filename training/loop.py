@@ -83,16 +83,7 @@ def train(
     saves the state and raises ``Interrupted``. ``progress`` is called after every step with its
     scalars (and, at a validation, the held-out figures).
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    info = distributed.init()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    state_path = out_dir / "state.pt"
-    resuming = resume and state_path.exists()
-    if cfg.init_from and not resuming:  # a missing or broken start file should not wait for the data
-        checkpoint.load(Path(cfg.init_from))
-
+    info, state_path, resuming = _prepare(cfg, out_dir, resume)
     cfg, data, sampler, task = _build(cfg, info, warm_start=not resuming)
     step, best, stale = 0, {"score": -1.0}, 0
     if resuming:
@@ -125,10 +116,7 @@ def train(
                 # Every process validates (the models are identical), so all take the same decisions.
                 held_out = task.validate(data.val)
                 if info.is_main:
-                    _record(task, data.val, out_dir, step, sampler.epoch, scalars, held_out)
-                    if cfg.keep_snapshots:
-                        (out_dir / "snapshots").mkdir(exist_ok=True)
-                        task.export(held_out, step, out_dir / "snapshots" / f"step-{step:07d}.pt")
+                    _record(task, data.val, out_dir, step, sampler.epoch, scalars, held_out, cfg.keep_snapshots)
                 if held_out["score"] > best["score"]:
                     best, stale = {**held_out, "step": step}, 0
                     if info.is_main:
@@ -146,6 +134,21 @@ def train(
                 break
     save_state()
     return best
+
+
+def _prepare(cfg: TrainConfig, out_dir: Path, resume: bool) -> tuple[distributed.DistInfo, Path, bool]:
+    """Threads, seed, the process group and ``out_dir``; ``(info, state path, resuming)``. A warm-start
+    file is read now: a missing or broken one should not wait for the data."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    info = distributed.init()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    state_path = out_dir / "state.pt"
+    resuming = resume and state_path.exists()
+    if cfg.init_from and not resuming:
+        checkpoint.load(Path(cfg.init_from))
+    return info, state_path, resuming
 
 
 def _build(cfg: TrainConfig, info: distributed.DistInfo, warm_start: bool):
@@ -189,12 +192,18 @@ def _restore(state_path: Path, task, sampler: BatchSampler) -> tuple[int, dict, 
     return state["step"], state["best"], state["stale"]
 
 
-def _record(task, val, out_dir: Path, step: int, epoch: int, scalars: dict, held_out: dict) -> None:
-    """A validation's line in ``log.jsonl``, then the task's figures."""
+def _record(
+    task, val, out_dir: Path, step: int, epoch: int, scalars: dict, held_out: dict, keep_snapshot: bool
+) -> None:
+    """What a validation leaves in ``out_dir``: its line in ``log.jsonl``, the task's figures and, with
+    ``keep_snapshot``, the export under ``snapshots/``."""
     with open(out_dir / "log.jsonl", "a") as f:
         line = {"step": step, "epoch": epoch, "precision": task.precision, **scalars, **held_out}
         f.write(json.dumps(line) + "\n")
     task.write_figures(val, out_dir, step)
+    if keep_snapshot:
+        (out_dir / "snapshots").mkdir(exist_ok=True)
+        task.export(held_out, step, out_dir / "snapshots" / f"step-{step:07d}.pt")
 
 
 def train_command(cfg: TrainConfig, out_dir: Path, progress: Progress, resume: bool = True) -> tuple[int, dict]:
