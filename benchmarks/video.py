@@ -67,17 +67,38 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
+def _with_descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it (from /proc; just ``pid`` where there is none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        found.append(todo.pop())
+        todo += children.get(found[-1], [])
+    return found
+
+
 @contextlib.contextmanager
 def paused(pid: int | None) -> Iterator[None]:
-    """SIGSTOP ``pid`` for the duration (None: nothing), SIGCONT whatever happens."""
+    """SIGSTOP ``pid`` and its descendants for the duration (None: nothing), SIGCONT whatever happens.
+    Descendants too: a pid file may name the shell that started the real work (seen 2026-12-01, when
+    stopping only the shell left the training run using both cores during the timed runs)."""
     if pid is None:
         yield
         return
-    os.kill(pid, signal.SIGSTOP)
+    pids = _with_descendants(pid)
     try:
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGSTOP)
         yield
     finally:
-        os.kill(pid, signal.SIGCONT)
+        for p in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p, signal.SIGCONT)
 
 
 def make_gray_clip(clips: list[Path], dst: Path) -> int:

@@ -663,6 +663,31 @@ def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine)
     assert _timing(dst) == _timing(ref) == _timing(src)
 
 
+def test_a_failure_while_a_segment_drains_reaches_the_caller(tmp_path, monkeypatch):
+    """Finished segments are drained and committed in a background thread: an error there (here the
+    second commit fails as a full disk would) still stops the film with that error, nothing is left
+    running, and the output never appears; the first segment stays committed."""
+    from engines.video import film
+
+    src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
+    make_clip(src, n=40)
+    real_commit, commits = film._Partial.commit, []
+
+    def commit(self, *args):
+        commits.append(threading.current_thread().name)
+        if len(commits) == 2:
+            raise OSError(28, "No space left on device")
+        real_commit(self, *args)
+
+    monkeypatch.setattr(film._Partial, "commit", commit)
+    result = _run_with_timeout(lambda: colorize_video(src, dst, constant_ab(0, 0), SEGMENTED))
+    assert isinstance(result.get("error"), OSError) and "No space" in str(result["error"])
+    assert commits[:2] == ["colorize-video-segment"] * 2  # drained off the writer's thread
+    assert not dst.exists() and _workers_alive() == []
+    manifest = json.loads((_partial(dst) / "manifest.json").read_text())
+    assert [seg["file"] for seg in manifest["segments"]] == ["segment-000000.bin"]
+
+
 def test_a_changed_input_is_not_resumed(tmp_path):
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mkv"
     make_clip(src, n=30)
