@@ -51,13 +51,8 @@ from engines.evaluation.scoring import video_frames
 from engines.pipeline import load_colorizer
 from engines.runtime.backends import select_backend
 from engines.video import temporal
-from engines.video.film import (
-    VideoOptions,
-    add_video_encoder,
-    colorize_video,
-    decode_colorspace,
-    rgb_to_encoder_frame,
-)
+from engines.video.film import VideoOptions, colorize_video
+from engines.video.streams import add_video_encoder, decode_colorspace, rgb_to_encoder_frame
 
 DEV = ROOT.parent / "shared" / "data" / "video-dev"
 

@@ -386,7 +386,7 @@ def _sample_paths(out: Path, samples: int) -> list[Path]:
 def _colorize_all(colorizer, jobs: list[Job], opts: RunOptions, progress: _progress) -> Iterator[tuple[Job, float]]:
     """Every job, in input order, with ``job.error`` set on failure and the seconds it took: films one at
     a time, each unbroken run of photos through ``_PhotoPipeline``."""
-    from engines.video.film import is_video
+    from engines.video.streams import is_video
 
     k = 0
     while k < len(jobs):

@@ -23,16 +23,9 @@ from engines import color
 from engines.models.unet import UNet, UNetConfig
 from engines.pipeline import Colorizer
 from engines.video import temporal
-from engines.video.film import (
-    VideoError,
-    VideoOptions,
-    _frame_to_rgb,
-    _FrameLightness,
-    colorize_video,
-    compose_rgb,
-    is_video,
-    lightness_of_rgb_u8,
-)
+from engines.video.film import VideoOptions, colorize_video
+from engines.video.stages import _FrameLightness, compose_rgb, lightness_of_rgb_u8
+from engines.video.streams import VideoError, _frame_to_rgb, is_video
 
 NTSC = Fraction(30000, 1001)
 FAST = VideoOptions(crf=1, batch_size=4)
@@ -667,11 +660,11 @@ def test_a_failure_while_a_segment_drains_reaches_the_caller(tmp_path, monkeypat
     """Finished segments are drained and committed in a background thread: an error there (here the
     second commit fails as a full disk would) still stops the film with that error, nothing is left
     running, and the output never appears; the first segment stays committed."""
-    from engines.video import film
+    from engines.video import segments
 
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
     make_clip(src, n=40)
-    real_commit, commits = film._Partial.commit, []
+    real_commit, commits = segments._Partial.commit, []
 
     def commit(self, *args):
         commits.append(threading.current_thread().name)
@@ -679,7 +672,7 @@ def test_a_failure_while_a_segment_drains_reaches_the_caller(tmp_path, monkeypat
             raise OSError(28, "No space left on device")
         real_commit(self, *args)
 
-    monkeypatch.setattr(film._Partial, "commit", commit)
+    monkeypatch.setattr(segments._Partial, "commit", commit)
     result = _run_with_timeout(lambda: colorize_video(src, dst, constant_ab(0, 0), SEGMENTED))
     assert isinstance(result.get("error"), OSError) and "No space" in str(result["error"])
     assert commits[:2] == ["colorize-video-segment"] * 2  # drained off the writer's thread

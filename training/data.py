@@ -99,7 +99,7 @@ def _is_film(path: Path) -> bool:
 
 def _film_frames(path: Path, name: str, size: int) -> Iterator[tuple[str, np.ndarray]]:
     # Imported here: PyAV is needed for films only, and a GPU machine training on packed images may lack it.
-    from engines.video.film import VideoError, sample_frames
+    from engines.video.streams import VideoError, sample_frames
 
     try:
         for index, rgb in sample_frames(path, VIDEO_FRAMES_PER_SECOND):

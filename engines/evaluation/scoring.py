@@ -59,7 +59,7 @@ from engines.metrics import (
     rebalance_weights,
     ssim,
 )
-from engines.video.film import decode_colorspace, is_video
+from engines.video.streams import decode_colorspace, is_video
 from engines.video.temporal import pair_warping_error, reference_flow
 
 PRIOR_FILE = "ab_prior.json"

@@ -1,0 +1,340 @@
+"""The film pipeline's stages and their plumbing: threads joined by bounded queues (``_Workers``),
+decoding to CIELAB lightness, the engine with temporal smoothing of its ab, and composing RGB in
+the encoder's pixel format. ``engines.video.film`` wires them together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import av
+import cv2
+import numpy as np
+import torch
+
+from engines import color
+from engines.video.streams import _frame_to_rgb, _Probe, _reason, decode_colorspace, rgb_to_encoder_frame
+from engines.video.temporal import ChromaSmoother
+
+_JOIN_SECONDS = 30.0
+
+
+@dataclass
+class _Frame:
+    """One video frame on its way through the stages; fields are filled and released stage by stage."""
+
+    pts: int
+    duration: int
+    index: int = 0  # position in the output film (frames and bridges alike)
+    l: torch.Tensor | None = None  # (1, H, W) float32 CIELAB L of the decoded frame
+    ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
+    out: av.VideoFrame | None = None  # in the encoder's pixel format
+    rgb_out: np.ndarray | None = None  # (H, W, 3) uint8, kept for bridging
+    state: dict | None = None  # on the last item of a segment: the smoother's state after it
+
+
+@dataclass
+class _Bridge:
+    """A lost frame: the previous output frame is repeated with this timestamp."""
+
+    pts: int
+    duration: int
+    index: int = 0
+    state: dict | None = None
+
+
+_END = object()
+
+
+class _Stopped(Exception):
+    """Raised inside a worker when another thread has failed."""
+
+
+class _Workers:
+    """Threads connected by bounded queues; the first exception anywhere stops all of them."""
+
+    def __init__(self) -> None:
+        self.stop = threading.Event()
+        self.error: BaseException | None = None
+        self.threads: list[threading.Thread] = []
+        self._lock = threading.Lock()
+
+    def spawn(self, name: str, fn: Callable, *args) -> None:
+        thread = threading.Thread(target=self._run, args=(fn, args), name=f"colorize-video-{name}", daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def _run(self, fn: Callable, args: tuple) -> None:
+        try:
+            fn(*args)
+        except _Stopped:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+            self.fail(exc)
+
+    def fail(self, exc: BaseException) -> None:
+        with self._lock:
+            if self.error is None:
+                self.error = exc
+        self.stop.set()
+
+    def put(self, q: queue.Queue, item) -> None:
+        while True:
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                q.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def get(self, q: queue.Queue):
+        while True:
+            if self.stop.is_set():
+                if self.error is not None and threading.current_thread() is threading.main_thread():
+                    raise self.error
+                raise _Stopped
+            try:
+                return q.get(timeout=0.1)
+            except queue.Empty:
+                continue
+
+    def shutdown(self) -> bool:
+        """Stop and join every thread; False if one is still running after the grace period."""
+        self.stop.set()
+        deadline = time.monotonic() + _JOIN_SECONDS
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        return not any(t.is_alive() for t in self.threads)
+
+
+@dataclass
+class _ReadStats:
+    decoded: int = 0
+    failed_packets: int = 0
+    unbridgeable: int = 0
+    resized: int = 0
+    out_of_order: int = 0
+    stopped_early: str | None = None
+
+
+def _read_stage(
+    w: _Workers, inp, video_index: int, probe: _Probe, skip: int, q_out: queue.Queue, stats: _ReadStats
+) -> None:
+    """Demux and decode the video stream to RGB; emit frames and bridges, numbered, except the first
+    ``skip`` (done by an earlier run: decoded, to keep the numbering, but not converted)."""
+    vstream = inp.streams[video_index]
+    lost: list[tuple[int, int]] = []  # (pts, duration) of frames that failed, not yet emitted
+    last_pts: int | None = None
+    last_duration = 1
+    index = 0
+
+    def put(item: _Frame | _Bridge) -> None:
+        nonlocal index
+        if index >= skip:
+            item.index = index
+            w.put(q_out, item)
+        index += 1
+
+    lightness = _FrameLightness(probe.width, probe.height)
+
+    def emit_frame_or_bridge(pts: int | None, duration: int, frame: av.VideoFrame | None) -> None:
+        nonlocal last_pts, last_duration
+        if pts is None:
+            pts = last_pts + last_duration if last_pts is not None else 0
+        lost.sort()
+        while lost and lost[0][0] < pts:
+            q, d = lost.pop(0)
+            if last_pts is None or q > last_pts:
+                put(_Bridge(q, d))
+                last_pts, last_duration = q, d or last_duration
+        if last_pts is not None and pts <= last_pts:
+            stats.out_of_order += 1
+            return
+        duration = duration or last_duration
+        if index < skip or frame is None or frame.is_corrupt:
+            put(_Bridge(pts, duration))  # (a frame an earlier run did: only counted, by put)
+        else:
+            if (frame.width, frame.height) != (probe.width, probe.height):
+                stats.resized += 1
+            put(_Frame(pts, duration, l=lightness(frame)))
+            stats.decoded += 1
+        last_pts, last_duration = pts, duration
+
+    def decode(packet: av.Packet) -> None:
+        try:
+            frames = packet.decode()
+        except av.FFmpegError:
+            stats.failed_packets += 1
+            if packet.pts is not None and packet.size:
+                lost.append((packet.pts, packet.duration or 0))
+            else:
+                stats.unbridgeable += 1
+            return
+        for frame in frames:
+            emit_frame_or_bridge(frame.pts, frame.duration, frame)
+
+    demuxer = inp.demux(vstream)
+    while True:
+        if w.stop.is_set():
+            raise _Stopped
+        try:
+            packet = next(demuxer)
+        except StopIteration:
+            break
+        except av.FFmpegError as exc:
+            stats.stopped_early = _reason(exc)
+            with contextlib.suppress(av.FFmpegError):
+                for frame in vstream.decode(None):
+                    emit_frame_or_bridge(frame.pts, frame.duration, frame)
+            break
+        decode(packet)
+    lost.sort()
+    for q, d in lost:
+        if last_pts is None or q > last_pts:
+            put(_Bridge(q, d or last_duration))
+            last_pts = q
+    w.put(q_out, _END)
+
+
+def _analyse_stage(
+    w: _Workers,
+    predict_ab: Callable[[torch.Tensor], torch.Tensor],
+    batch_size: int,
+    segment_frames: int,
+    smoother: ChromaSmoother | None,
+    q_in: queue.Queue,
+    q_out: queue.Queue,
+) -> None:
+    """Batches of frames -> the engine's ab, smoothed over time frame by frame; bridges pass through
+    in order. A batch never spans two segments, and the last item of each segment carries the
+    smoother's state after it, so a resumed run continues exactly where this one was."""
+    pending: list = []
+    frames: list[_Frame] = []
+
+    def flush() -> None:
+        if frames:
+            l = torch.stack([f.l for f in frames])  # (N, 1, H, W) in [0, 100]
+            ab = predict_ab(l)
+            if not isinstance(ab, torch.Tensor) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
+                got = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
+                raise ValueError(f"predict_ab returned {got}, expected {(l.shape[0], 2, *l.shape[-2:])}")
+            ab = ab.detach().float().cpu()
+            if smoother is None:
+                for i, f in enumerate(frames):
+                    f.ab = ab[i]
+            else:
+                # OpenCV works channels-last: one transposing copy per batch, and back as a free view.
+                ab_hwc = ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
+                for i, f in enumerate(frames):
+                    f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), ab_hwc[i])).permute(2, 0, 1)
+        if pending and pending[-1].index % segment_frames == segment_frames - 1:
+            pending[-1].state = smoother.get_state() if smoother is not None else {}
+        for item in pending:
+            w.put(q_out, item)
+        pending.clear()
+        frames.clear()
+
+    while True:
+        item = w.get(q_in)
+        if item is _END:
+            flush()
+            w.put(q_out, _END)
+            return
+        pending.append(item)
+        if isinstance(item, _Frame):
+            frames.append(item)
+        if len(frames) >= batch_size or item.index % segment_frames == segment_frames - 1:
+            flush()
+
+
+def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
+    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color.rgb_u8_hwc_to_lightness``)."""
+    return torch.from_numpy(color.rgb_u8_hwc_to_lightness(rgb))[None]
+
+
+# 8-bit planar YUV whose chroma can be checked for neutrality plane by plane.
+_PLANAR_YUV = frozenset({"yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "yuv440p", "yuvj440p"})
+
+
+_NEUTRAL_CHROMA = 128
+
+
+def _plane_u8(plane) -> np.ndarray:
+    """An 8-bit plane as a ``(height, width)`` view (rows keep the decoder's padding as their stride)."""
+    return np.frombuffer(plane, np.uint8, plane.height * plane.line_size).reshape(plane.height, -1)[:, : plane.width]
+
+
+class _FrameLightness:
+    """CIELAB L ``(1, H, W)`` of decoded frames, at the film's size.
+
+    Black-and-white sources (8-bit planar YUV whose every chroma sample is neutral) skip RGB: their
+    RGB conversion is gray with each level a function of Y alone, so L is one table lookup on the Y
+    plane. The table is learnt from swscale itself, converting a frame of every Y level with the
+    same format, size, matrix and range as the RGB path would, so the L is the RGB path's exactly;
+    should that conversion not be a per-level gray map, every frame takes the RGB path.
+    """
+
+    def __init__(self, width: int, height: int):
+        self.width, self.height = width, height
+        self._tables: dict[tuple, np.ndarray | None] = {}
+
+    def __call__(self, frame: av.VideoFrame) -> torch.Tensor:
+        l = self._from_luma(frame)
+        if l is None:
+            l = color.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
+        return torch.from_numpy(l)[None]
+
+    def _from_luma(self, frame: av.VideoFrame) -> np.ndarray | None:
+        name = frame.format.name
+        if name not in _PLANAR_YUV or (frame.width, frame.height) != (self.width, self.height):
+            return None
+        for plane in frame.planes[1:3]:
+            low, high, _, _ = cv2.minMaxLoc(_plane_u8(plane))
+            if low != _NEUTRAL_CHROMA or high != _NEUTRAL_CHROMA:
+                return None
+        key = (name, *decode_colorspace(frame))
+        if key not in self._tables:
+            self._tables[key] = self._learn_table(name, frame)
+        table = self._tables[key]
+        return None if table is None else cv2.LUT(_plane_u8(frame.planes[0]), table)
+
+    def _learn_table(self, name: str, like: av.VideoFrame) -> np.ndarray | None:
+        probe = av.VideoFrame(self.width, self.height, name)
+        rows, cols = np.mgrid[: self.height, : self.width]
+        luma = ((cols + 37 * rows) % 256).astype(np.uint8)  # every level, in every column phase
+        _plane_u8(probe.planes[0])[:] = luma
+        for plane in probe.planes[1:3]:
+            _plane_u8(plane)[:] = _NEUTRAL_CHROMA
+        matrix, rng = decode_colorspace(like)
+        rgb = probe.to_ndarray(format="rgb24", threads=1, src_colorspace=matrix, src_color_range=rng)
+        levels = np.zeros(256, np.uint8)
+        levels[luma.ravel()] = rgb[..., 0].ravel()
+        if not ((rgb == rgb[..., :1]).all() and np.array_equal(levels[luma], rgb[..., 0])):
+            return None
+        return color.gray_u8_lightness_table(levels)
+
+
+def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
+    """L ``(1, H, W)`` + ab ``(2, H, W)`` (any strides; channels-last is free) -> 8-bit sRGB ``(H, W, 3)``
+    with L kept: ``lab_to_rgb_keep_lightness`` rounded to uint8 (``color.lab_hwc_to_rgb_u8_keep_lightness``)."""
+    return color.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
+
+
+def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:
+    """Recombine L and ab into RGB, convert to the encoder's format."""
+    while True:
+        item = w.get(q_in)
+        if isinstance(item, _Frame):
+            rgb_u8 = compose_rgb(item.l, item.ab)
+            item.l = item.ab = None
+            item.out = rgb_to_encoder_frame(rgb_u8, pix_fmt)
+            item.rgb_out = rgb_u8
+        w.put(q_out, item)
+        if item is _END:
+            return
