@@ -14,12 +14,17 @@ By default the photos are the tuning split (0-99 by sorted name): the curve is f
 designs and steps, so it must not be drawn on the photos the project reports (100-199, see
 ``benchmarks.quality``). Classification snapshots are decoded with the shipped engine's decoding
 (``--temperature``, ``--correction``) so that points differ by their weights only.
-Writes ``learning_curve.md`` and ``learning_curve.png`` under ``--out``.
+Writes ``learning_curve.md`` and ``learning_curve.png`` under ``--out``, and keeps each snapshot's
+scores in ``learning_curve-scores.json`` there, keyed by the file's content and the photos and
+decoding, so a long run's curve is redrawn by scoring only its new snapshots (``--rescore``
+ignores them, e.g. after a change to the scoring).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import math
 import platform
 from pathlib import Path
@@ -30,7 +35,7 @@ import torch
 from benchmarks import ROOT, current_commit
 from benchmarks.quality import evaluate, gray_of, load_photos
 from engines.evaluation.scoring import training_prior
-from engines.files import atomic_path
+from engines.files import atomic_path, write_text
 from engines.metrics import colourfulness, rebalance_weights
 from engines.models import checkpoint
 from engines.pipeline import load_colorizer
@@ -47,6 +52,11 @@ def score(path: Path, photos: dict, weights: torch.Tensor, options: dict, backen
     c = load_colorizer("custom", backend, weights=path, **decode)
     r, _ = evaluate(c.colorize, photos, weights)
     return {**r, "family": ckpt.family}
+
+
+def score_key(path: Path, photos_dir: Path, start: int, limit: int, options: dict) -> str:
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
+    return f"{digest} {photos_dir.name} {start}+{limit} T{options['temperature']:g} B{options['correction']:g}"
 
 
 def plot(points: list[dict], gray: dict, true_colourful: float, path: Path, title: str) -> None:
@@ -89,6 +99,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.5, help="classification decoding (the shipped engine's)")
     p.add_argument("--correction", type=float, default=0.45, help="classification decoding (the shipped engine's)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--rescore", action="store_true", help="score every snapshot again, ignoring kept scores")
     args = p.parse_args()
 
     torch.set_num_threads(1)
@@ -104,8 +115,16 @@ def main() -> None:
     # A snapshot named twice (two overlapping shell globs) must not draw its point twice.
     snapshots = sorted({path.resolve(): path for path in args.snapshots}.values())
     paths = ([args.start_engine] if args.start_engine else []) + snapshots
+    kept_path = args.out / "learning_curve-scores.json"
+    kept = {} if args.rescore or not kept_path.exists() else json.loads(kept_path.read_text())
     for i, path in enumerate(paths):
-        r = score(path, photos, weights, options, backend)
+        key = score_key(path, args.photos, args.start, args.limit, options)
+        if key not in kept:
+            kept[key] = {
+                k: v if isinstance(v, str) else float(v)
+                for k, v in score(path, photos, weights, options, backend).items()
+            }
+        r = kept[key]
         n = 0 if (args.start_engine and i == 0) else images_seen(checkpoint.load(path))
         points.append({"images": n, "name": path.name, **r})
         print(
@@ -140,7 +159,8 @@ def main() -> None:
             f"| {q['colourfulness'] / true_colourful:.2f} | {q['green_a']:.1f} | {false_colour} |"
         )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "learning_curve.md").write_text("\n".join(lines) + "\n")
+    write_text(kept_path, json.dumps(kept, indent=1, sort_keys=True) + "\n")
+    write_text(args.out / "learning_curve.md", "\n".join(lines) + "\n")
     plot(points, gray, true_colourful, args.out / "learning_curve.png", f"Learning curve on {photos_label}")
     print("\n".join(lines))
 

@@ -1,5 +1,6 @@
 """The training-throughput benchmark's measuring functions, on a tiny synthetic data set."""
 
+import json
 import math
 
 import cv2
@@ -125,32 +126,45 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
         cv2.imwrite(str(photos / f"p{i}.jpg"), cv2.resize(small, (90, 60), interpolation=cv2.INTER_CUBIC))
     snaps = sorted((tmp_path / "run" / "snapshots").iterdir())
     root = Path(__file__).resolve().parents[1]
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.learning_curve",
-            *map(str, reversed(snaps)),
-            str(snaps[-1]),  # named twice: drawn once
-            "--start-engine",
-            str(snaps[0]),
-            "--photos",
-            str(photos),
-            "--limit",
-            "2",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    rows = [
-        line for line in (tmp_path / "out" / "learning_curve.md").read_text().splitlines() if line.startswith("| step-")
-    ]
+
+    def curve(*snapshots: Path) -> list[str]:
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.learning_curve",
+                *map(str, snapshots),
+                "--start-engine",
+                str(snaps[0]),
+                "--photos",
+                str(photos),
+                "--limit",
+                "2",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert r.returncode == 0, r.stderr[-2000:]
+        md = (tmp_path / "out" / "learning_curve.md").read_text()
+        return [line for line in md.splitlines() if line.startswith("| step-")]
+
+    rows = curve(*reversed(snaps), snaps[-1])  # the last named twice: drawn once
     # The start engine at 0, then the snapshots in order of images seen (4 and 8 steps of 4).
     assert [row.split(" | ")[1] for row in rows] == ["0", "16", "32"]
     assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
+    # Scores are kept by content: a doctored kept score is what the next drawing shows (nothing rescored).
+    kept_path = tmp_path / "out" / "learning_curve-scores.json"
+    kept = json.loads(kept_path.read_text())
+    assert len(kept) == 2  # two distinct files: the start engine is the first snapshot
+    for value in kept.values():
+        value["auc"] += 50.0
+    kept_path.write_text(json.dumps(kept))
+    again = curve(*snaps)
+    assert [float(row.split(" | ")[2]) for row in again] == pytest.approx(
+        [float(row.split(" | ")[2]) + 50 for row in rows]
+    )
