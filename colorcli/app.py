@@ -495,7 +495,7 @@ class _PhotoPipeline:
                 return f"output {out} exists (use --overwrite to replace it)", 0.0
         try:
             photo = read_photo(Path(job.input))
-            return (photo, self.colorizer.lightness(photo.rgb), outs), time.perf_counter() - t0
+            return (photo, self.colorizer.lightness(photo.rgb, photo.bit_depth), outs), time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one line per photo, whatever went wrong
             return _photo_error(e), time.perf_counter() - t0
 
@@ -545,7 +545,8 @@ class _PhotoPipeline:
 
         t0 = time.perf_counter()
         try:
-            rgb = self.colorizer.compose(l, ab)
+            # 8-bit photos are written at 8 bits: composed straight to levels, the faster path.
+            rgb = self.colorizer.compose_u8(l, ab) if photo.bit_depth == 8 else self.colorizer.compose(l, ab)
             out.parent.mkdir(parents=True, exist_ok=True)
             write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=self.opts.quality)
             return None, time.perf_counter() - t0
