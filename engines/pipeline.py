@@ -139,6 +139,7 @@ class Colorizer:
             ab_work = F.interpolate(ab_work, size=l_in.shape[-2:], mode="bilinear", align_corners=False)
         return ab_work
 
+    @torch.inference_mode()  # also when a pipeline calls it on a thread of its own (see predict_ab_many_deferred)
     def _full_size_ab(self, l: torch.Tensor, l_small: torch.Tensor, ab_work: torch.Tensor) -> torch.Tensor:
         """Unpadded working-size chroma -> ab scaled by the saturation, upsampled to ``l``'s size."""
         (h, w), (sh, sw) = l.shape[-2:], l_small.shape[-2:]
@@ -171,11 +172,17 @@ class Colorizer:
             l_in = gan.with_noise(l_in, self.seed)
         return self._full_size_ab(l, l_small, self._engine(l_in))
 
-    @torch.inference_mode()
     def predict_ab_many(self, ls: list[torch.Tensor]) -> list[torch.Tensor]:
         """Photos' L, each ``(1, 1, H, W)`` (sizes may differ, ``work_shape`` may not) -> their ab, with one
         network call for all. Each photo's ab is ``predict_ab`` of it alone, up to float rounding: the
         network is in eval mode (no batch statistics) and each photo gets the noise map it gets alone."""
+        return [finish() for finish in self.predict_ab_many_deferred(ls)]
+
+    @torch.inference_mode()
+    def predict_ab_many_deferred(self, ls: list[torch.Tensor]) -> list[Callable[[], torch.Tensor]]:
+        """``predict_ab_many`` with each photo's full-size step (upsampling, the part that grows with the
+        photo) left to a callable that returns its ab, so that a pipeline can run it on another thread
+        than the engine's."""
         self._check_saturation()
         smalls = [self._shrink(l) for l in ls]
         inputs = [self._network_input(s) for s in smalls]
@@ -184,7 +191,7 @@ class Colorizer:
         if len({x.shape for x in inputs}) != 1:
             raise ValueError("photos of one batch must have the same Colorizer.work_shape")
         ab_work = self._engine(torch.cat(inputs))
-        return [self._full_size_ab(l, s, ab_work[k : k + 1]) for k, (l, s) in enumerate(zip(ls, smalls))]
+        return [partial(self._full_size_ab, l, s, ab_work[k : k + 1]) for k, (l, s) in enumerate(zip(ls, smalls))]
 
     def set_threads(self, n: int) -> None:
         """CPU threads for the engine (PyTorch, or ONNX Runtime's session)."""

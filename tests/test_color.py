@@ -560,6 +560,22 @@ def test_rgb_u8_hwc_to_lightness_matches_the_float_path_and_the_torch_one():
     assert np.abs(got - C.rgb_u8_to_lightness(chw)[0].numpy()).max() < 1e-4  # the path it replaces
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 4), (2, 3), (5, 1)])
+def test_rgb_u8_hwc_to_lightness_and_back_at_tiny_sizes(shape):
+    # OpenCV takes arrays of up to 4 values in one column for scalars: photos can be that small.
+    rgb = np.random.default_rng(24).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    l = C.rgb_u8_hwc_to_lightness(rgb)
+    assert l.shape == shape and l.dtype == np.float32
+    exact = C.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255)[0].numpy()
+    assert np.abs(l - exact).max() < 5e-5
+    ab = np.full((*shape, 2), 20, np.float32)
+    got = C.lab_hwc_to_rgb_u8_keep_lightness(l, ab)
+    ref = C.lab_to_rgb_keep_lightness(
+        torch.from_numpy(l)[None].double(), torch.from_numpy(ab).permute(2, 0, 1).double()
+    )
+    assert got.shape == (*shape, 3) and np.abs(got - np.rint(ref.permute(1, 2, 0).numpy() * 255)).max() <= 1
+
+
 def test_lab_hwc_to_rgb_u8_is_the_exact_path_in_8_bits():
     wide_l, wide_ab = _wide_lab((1, 48, 64), torch.float32, seed=22)  # (1, H, W), (2, H, W)
     edge_l, edge_ab = _edge_lab(torch.float32)  # (1, 1, K), (2, 1, K)
