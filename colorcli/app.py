@@ -450,6 +450,9 @@ class _PhotoPipeline:
 
         import torch
 
+        from engines.runtime import backends as runtime
+
+        runtime.retain_freed_memory()  # photo-sized temporaries: reuse freed memory, no fresh page faults
         threads = torch.get_num_threads()
         if self.colorizer.device.type == "cpu" and self.opts.threads is None:
             # The stages run in parallel threads: one engine thread avoids oversubscribing the cores
