@@ -15,7 +15,7 @@ FP32/FP16 agreement is measured too. Writes ``speed.md`` and ``speed.png`` under
 ``--photos-folder`` times only folders of photos and rewrites that section of ``speed.md``: ``--photos``
 gray copies (default 200) of the folder's photos (BSDS: 481x321) in a temporary folder, then photos per
 second of the whole ``colorize FOLDER -o OUT --backend cpu`` command (median of ``--repeat``), of the same
-command from ``--baseline-root``'s code (an older checkout, e.g. a ``git worktree`` of the commit before),
+command from each ``--baseline-root``'s code (older checkouts, e.g. ``git worktree``s of earlier commits),
 and of a shell loop running one ``colorize PHOTO`` process per photo over the first ``--loop-photos``
 (each process costs the same, so fewer suffice). ``--pause-pid`` stops a process (a training run) meanwhile.
 
@@ -224,8 +224,8 @@ def photos_section(args: argparse.Namespace) -> list[str]:
         photos = make_gray_photos(args.photos_folder, args.photos, tmp / "in")
         sizes = sorted({tuple(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE).shape[::-1]) for p in photos})
         roots = {"this checkout": ROOT}
-        if args.baseline_root:
-            roots[f"baseline ({current_commit(args.baseline_root)})"] = args.baseline_root
+        for root in args.baseline_root:
+            roots[f"baseline ({current_commit(root)})"] = root
         walls: dict[str, list[float]] = {name: [] for name in roots}
         load = os.getloadavg()[0]
         t_pause = time.perf_counter()
@@ -312,7 +312,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--photos", type=int, default=200)
     p.add_argument("--loop-photos", type=int, default=20)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--baseline-root", type=Path, help="an older checkout to run the same command from")
+    p.add_argument(
+        "--baseline-root",
+        type=Path,
+        action="append",
+        default=[],
+        help="an older checkout to run the same command from (repeatable)",
+    )
     p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
     return p.parse_args()
 

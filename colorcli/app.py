@@ -428,9 +428,9 @@ class _PhotoPipeline:
 
     As in the film path, three stages overlap: decoding and lightness (two threads), the engine (this
     thread: photos with the same ``Colorizer.work_shape`` go through the network together, up to _BATCH
-    at a time) and composing RGB plus encoding (three threads: the slowest stage, and partly held to one
-    core by the GIL; 3 measured 25% faster than 1 on two cores). A failing photo fails alone; outputs are
-    written atomically by ``write_photo``.
+    at a time) and upsampling the ab to full size, composing RGB plus encoding (three threads: off the
+    engine's thread, which is the slowest stage, all that grows with the photo's size; 3 measured 25%
+    faster than 1 on two cores). A failing photo fails alone; outputs are written atomically by ``write_photo``.
     """
 
     def __init__(self, colorizer, jobs: list[Job], opts: RunOptions):
@@ -450,6 +450,9 @@ class _PhotoPipeline:
 
         import torch
 
+        from engines.runtime import backends as runtime
+
+        runtime.retain_freed_memory()  # photo-sized temporaries: reuse freed memory, no fresh page faults
         threads = torch.get_num_threads()
         if self.colorizer.device.type == "cpu" and self.opts.threads is None:
             # The stages run in parallel threads: one engine thread avoids oversubscribing the cores
@@ -495,7 +498,7 @@ class _PhotoPipeline:
                 return f"output {out} exists (use --overwrite to replace it)", 0.0
         try:
             photo = read_photo(Path(job.input))
-            return (photo, self.colorizer.lightness(photo.rgb), outs), time.perf_counter() - t0
+            return (photo, self.colorizer.lightness(photo.rgb, photo.bit_depth), outs), time.perf_counter() - t0
         except Exception as e:  # noqa: BLE001 - one line per photo, whatever went wrong
             return _photo_error(e), time.perf_counter() - t0
 
@@ -525,7 +528,7 @@ class _PhotoPipeline:
         for k in range(opts.samples):
             colorizer.seed = opts.seed + k
             try:
-                per_sample.append(colorizer.predict_ab_many([item[2] for item in batch]))
+                per_sample.append(colorizer.predict_ab_many_deferred([item[2] for item in batch]))
             except Exception:  # noqa: BLE001 - retry alone, so that only the photo at fault fails
                 per_sample.append([_predict_alone(colorizer, item[2]) for item in batch])
         colorizer.seed = opts.seed
@@ -536,16 +539,19 @@ class _PhotoPipeline:
                 if isinstance(ab_list[i], Exception):
                     job.error = job.error or _photo_error(ab_list[i])
                 elif job.error is None:
+                    # The full-size ab (ab_list[i]() upsamples) is made on the encoder thread too.
                     self.writes[id(job)].append(self.encoder.submit(self._encode, photo, l, ab_list[i], out))
                     self.encoding.append(self.writes[id(job)][-1])
 
-    def _encode(self, photo, l, ab, out: Path):
+    def _encode(self, photo, l, full_size_ab, out: Path):
         """``(None or the error, seconds)``; runs on an encoder thread."""
         from engines.media.photo_io import write_photo
 
         t0 = time.perf_counter()
         try:
-            rgb = self.colorizer.compose(l, ab)
+            ab = full_size_ab()
+            # 8-bit photos are written at 8 bits: composed straight to levels, the faster path.
+            rgb = self.colorizer.compose_u8(l, ab) if photo.bit_depth == 8 else self.colorizer.compose(l, ab)
             out.parent.mkdir(parents=True, exist_ok=True)
             write_photo(out, rgb, alpha=photo.alpha, bit_depth=photo.bit_depth, quality=self.opts.quality)
             return None, time.perf_counter() - t0
@@ -571,8 +577,9 @@ class _PhotoPipeline:
 
 
 def _predict_alone(colorizer, l):
+    """``Colorizer.predict_ab_many_deferred`` of one photo, or the error."""
     try:
-        return colorizer.predict_ab(l)
+        return colorizer.predict_ab_many_deferred([l])[0]
     except Exception as e:  # noqa: BLE001
         return e
 

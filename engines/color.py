@@ -16,6 +16,7 @@ Conventions (the same everywhere in the project):
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -330,7 +331,7 @@ def rgb_u8_to_lightness(rgb_u8: torch.Tensor) -> torch.Tensor:
 
 def rgb_u8_hwc_to_lightness(rgb_u8: np.ndarray) -> np.ndarray:
     """CIELAB L ``(H, W)`` float32 of 8-bit sRGB ``(H, W, 3)`` uint8 laid out channels-last (a decoded
-    video frame): ``rgb_u8_to_lightness`` without the int64 gather and the branch, for the film path.
+    video frame or 8-bit photo): ``rgb_u8_to_lightness`` without the int64 gather and the branch.
 
     The linearisation is a per-level table (``cv2.LUT``), the luminance one ``cv2.transform``, and the
     CIE f a branch-free ``116 * cbrt(max(Y, eps)) - 16 + kappa * min(Y - eps, 0)``: the two segments
@@ -338,11 +339,15 @@ def rgb_u8_hwc_to_lightness(rgb_u8: np.ndarray) -> np.ndarray:
     """
     import cv2  # the film path's dependency; training and photo callers need not load it
 
+    h, w = rgb_u8.shape[:2]
+    if h * w == 1:  # OpenCV would take a one-value array for a scalar
+        return rgb_u8_to_lightness(torch.from_numpy(rgb_u8).permute(2, 0, 1))[0].numpy()
     lin = cv2.LUT(np.ascontiguousarray(rgb_u8), _u8_table("linear").numpy())
-    y = cv2.transform(lin, np.float32([_RGB_TO_XYZ[1]]))  # (H, W)
+    # As one row: OpenCV also takes a one-column array of up to 4 values (a 4x1 photo) for a scalar.
+    y = cv2.transform(lin, np.float32([_RGB_TO_XYZ[1]])).reshape(1, h * w)
     root = cv2.pow(cv2.max(y, _EPS), 1 / 3)
     below = cv2.subtract(cv2.min(y, _EPS, dst=y), _EPS, dst=y)
-    return cv2.addWeighted(root, 116.0, below, _KAPPA, -16.0)
+    return cv2.addWeighted(root, 116.0, below, _KAPPA, -16.0).reshape(h, w)
 
 
 def gray_u8_lightness_table(levels: np.ndarray) -> np.ndarray:
@@ -352,68 +357,82 @@ def gray_u8_lightness_table(levels: np.ndarray) -> np.ndarray:
 
 
 def lab_hwc_to_rgb_u8_keep_lightness(l: np.ndarray, ab: np.ndarray, steps: int = 6) -> np.ndarray:
-    """``lab_to_rgb_keep_lightness`` rounded to 8 bits for channels-last NumPy frames, by OpenCV: L
-    ``(H, W)`` and ab ``(H, W, 2)`` float32 -> sRGB ``(H, W, 3)`` uint8. The film path.
+    """``lab_to_rgb_keep_lightness`` rounded to 8 bits for channels-last NumPy arrays, by OpenCV: L
+    ``(H, W)`` and ab ``(H, W, 2)`` float32 -> sRGB ``(H, W, 3)`` uint8. Films, and photos written at 8 bits.
 
-    The same steps as ``_lab_to_rgb_u8_keep_lightness``, each one OpenCV pass: f(L, a, b) is one
-    affine ``cv2.transform``, the CIE f^-1 the same branch-free tangent form, the gamut test one
-    ``cv2.inRange``; only out-of-gamut pixels go through the bisection (``_shrink_into_gamut``,
-    shared). The sRGB encoding is the piecewise curve computed branch-free,
-    ``1.055 * max(x, c)^(1/2.4) - 0.055 + 12.92 * min(x - c, 0)`` (the segments meet at c), rounded by
-    ``cv2.convertScaleAbs``: equal to the table path except where a value lies within float rounding
-    of a level boundary. The passes run over bands of rows that stay in the CPU cache.
+    The same steps as ``_lab_to_rgb_u8_keep_lightness``, each one OpenCV pass, over bands of rows that
+    stay in the CPU cache (everything a band needs is made and encoded while it is there): f(L, a, b)
+    is one affine ``cv2.transform``, the CIE f^-1 the same branch-free tangent form, then linear RGB.
+    The gamut test is a band's min and max, and only a band with a value outside finds its pixels
+    (``cv2.inRange``); those pixels, a small fraction of a frame, go through the bisection
+    (``_shrink_into_gamut``, shared) and the exact table encoding at the end, over their first encoding.
+    The sRGB encoding of the rest is the piecewise curve computed branch-free (see
+    ``_linear_to_srgb_u8_hwc``): equal to the table path except where a value lies within float
+    rounding of a level boundary.
     """
     import cv2  # the film path's dependency
 
     h, w = l.shape
     l = np.ascontiguousarray(l, dtype=np.float32)
     ab = np.ascontiguousarray(ab, dtype=np.float32)
-    lin = np.empty((h, w, 3), np.float32)
     out = np.empty((h, w, 3), np.uint8)
-    rows = [
-        slice(y, y + max(1, _CACHE_BAND_VALUES // (3 * w))) for y in range(0, h, max(1, _CACHE_BAND_VALUES // (3 * w)))
-    ]
+    band = max(1, _CACHE_BAND_VALUES // (3 * w))
+    scratch = np.empty((2, band, w, 3), np.float32)  # reused by every band: no fresh memory per pass
     outside = []
-    for r in rows:
-        _lab_to_linear_hwc(cv2, l[r], ab[r], lin[r])
-        inside = cv2.inRange(lin[r], (_LIN_MIN,) * 3, (_LIN_MAX,) * 3)
-        outside.append(np.flatnonzero(inside.reshape(-1) == 0) + r.start * w)
-    outside = np.concatenate(outside)
-    if outside.size:  # a small fraction of a frame, in one batch
-        l_px = torch.from_numpy(l.reshape(-1)[outside][None, None, :])  # (1, 1, K)
-        ab_px = torch.from_numpy(ab.reshape(-1, 2)[outside].T[:, None, :].copy())  # (2, 1, K)
-        lin.reshape(-1, 3)[outside] = _shrink_into_gamut(l_px, ab_px, steps)[:, 0, :].T.numpy()
-    for r in rows:
-        _linear_to_srgb_u8_hwc(cv2, lin[r], out[r])
+    for y in range(0, h, band):
+        r, n = slice(y, y + band), min(band, h - y)
+        lin, tmp = scratch[:, :n]
+        _lab_to_linear_hwc(cv2, l[r], ab[r], lin, tmp)
+        low, high = cv2.minMaxLoc(lin.reshape(n, w * 3))[:2]
+        if low < _LIN_MIN or high > _LIN_MAX:
+            inside = cv2.inRange(lin, (_LIN_MIN,) * 3, (_LIN_MAX,) * 3)
+            outside.append(np.flatnonzero(inside.reshape(-1) == 0) + y * w)
+        _linear_to_srgb_u8_hwc(cv2, lin, out[r], tmp)
+    if outside:  # a small fraction of a frame, in one batch
+        px = np.concatenate(outside)
+        l_px = torch.from_numpy(l.reshape(-1)[px][None, None, :])  # (1, 1, K)
+        ab_px = torch.from_numpy(ab.reshape(-1, 2)[px].T[:, None, :].copy())  # (2, 1, K)
+        out.reshape(-1, 3)[px] = _linear_to_srgb_u8(_shrink_into_gamut(l_px, ab_px, steps))[:, 0, :].T.numpy()
     return out
 
 
-# Rows per band of a channels-last frame for the element-wise passes: a band's float32 temporaries
-# (about 64 K values) stay in the CPU's cache, where a whole 854x480 frame (1.2 M values) would stream
-# from memory on each of a dozen passes.
+# Values per band of a channels-last frame for the element-wise passes: a band's float32 temporaries
+# stay in the CPU's cache, where a whole 854x480 frame (1.2 M values) would stream from memory on each
+# of a dozen passes.
 _CACHE_BAND_VALUES = 1 << 16
 
 
-def _lab_to_linear_hwc(cv2, l: np.ndarray, ab: np.ndarray, dst: np.ndarray) -> None:
-    """``_lab_to_linear`` for channels-last bands, into ``dst (h, w, 3)``."""
+def _lab_to_linear_hwc(cv2, l: np.ndarray, ab: np.ndarray, dst: np.ndarray, tmp: np.ndarray) -> None:
+    """``_lab_to_linear`` for channels-last bands, into ``dst (h, w, 3)``; ``tmp`` is scratch of that shape."""
     h, w = l.shape
     flat = (h, w * 3)  # element-wise steps on a one-channel view: OpenCV applies a scalar to channel 0 only
-    f = cv2.transform(cv2.merge((l, ab)), _LAB_TO_F).reshape(flat)
-    g = cv2.max(f, _F_SWITCH)
+    f = cv2.transform(cv2.merge((l, ab), dst=dst), _LAB_TO_F, dst=tmp).reshape(flat)
+    g = cv2.max(f, _F_SWITCH, dst=dst.reshape(flat))
     d = cv2.subtract(f, g, dst=f)  # <= 0: the distance below the switch
-    t = cv2.scaleAdd(d, _F_SLOPE, cv2.multiply(cv2.multiply(g, g), g, dst=g), dst=d)
+    t = cv2.scaleAdd(d, _F_SLOPE, cv2.pow(g, 3, dst=g), dst=d)  # an integer power: one pass of products
     cv2.transform(t.reshape(h, w, 3), _xyz_over_white_to_linear(torch.float32, torch.device("cpu")).numpy(), dst=dst)
 
 
-def _linear_to_srgb_u8_hwc(cv2, lin: np.ndarray, dst: np.ndarray) -> None:
-    """Linear light (clipped to [0, 1]) -> 8-bit sRGB for channels-last bands, into ``dst``; overwrites ``lin``."""
+# The sRGB curve's knee: 12.92 x below, 1.055 x^(1/2.4) - 0.055 above (the segments meet there).
+_SRGB_KNEE = 0.0031308
+
+
+def _linear_to_srgb_u8_hwc(cv2, lin: np.ndarray, dst: np.ndarray, tmp: np.ndarray) -> None:
+    """Linear light in the gamut test's range [_LIN_MIN, _LIN_MAX] -> 8-bit sRGB of the value clipped to
+    [0, 1], for channels-last bands, into ``dst``; overwrites ``lin`` and ``tmp`` (scratch of its shape).
+
+    Branch-free: ``255 * (1.055 * max(x, knee)^(1/2.4) - 0.055 + 12.92 * (min(x, knee) - knee))``,
+    the power as ``exp(log(x) / 2.4 + log(1.055 * 255))`` (a third of ``cv2.pow``'s time, and as close:
+    9e-5 of a level at worst against float64), rounded and clipped by ``cv2.convertScaleAbs``: values
+    above 1 give more than 255, which saturates; one below 0 (down to _LIN_MIN) gives at most 0.26 in
+    magnitude, which the absolute value and rounding take to 0.
+    """
     h, w = lin.shape[:2]
     lin = lin.reshape(h, w * 3)
-    lin = cv2.min(cv2.max(lin, 0.0, dst=lin), 1.0, dst=lin)
-    knee = 0.0031308
-    low = cv2.subtract(cv2.min(lin, knee), knee)
-    high = cv2.pow(cv2.max(lin, knee, dst=lin), 1 / 2.4, dst=lin)
-    srgb = cv2.addWeighted(high, 1.055 * 255, low, 12.92 * 255, -0.055 * 255, dst=high)
+    low = cv2.min(lin, _SRGB_KNEE, dst=tmp.reshape(h, w * 3))
+    log = cv2.log(cv2.max(lin, _SRGB_KNEE, dst=lin), dst=lin)
+    high = cv2.exp(cv2.addWeighted(log, 1 / 2.4, log, 0.0, math.log(1.055 * 255), dst=log), dst=log)
+    srgb = cv2.addWeighted(high, 1.0, low, 12.92 * 255, -0.055 * 255 - 12.92 * 255 * _SRGB_KNEE, dst=high)
     cv2.convertScaleAbs(srgb, dst=dst.reshape(h, w * 3))
 
 

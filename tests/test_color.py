@@ -560,6 +560,22 @@ def test_rgb_u8_hwc_to_lightness_matches_the_float_path_and_the_torch_one():
     assert np.abs(got - C.rgb_u8_to_lightness(chw)[0].numpy()).max() < 1e-4  # the path it replaces
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (4, 1), (1, 4), (2, 3), (5, 1)])
+def test_rgb_u8_hwc_to_lightness_and_back_at_tiny_sizes(shape):
+    # OpenCV takes arrays of up to 4 values in one column for scalars: photos can be that small.
+    rgb = np.random.default_rng(24).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    l = C.rgb_u8_hwc_to_lightness(rgb)
+    assert l.shape == shape and l.dtype == np.float32
+    exact = C.rgb_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1).double() / 255)[0].numpy()
+    assert np.abs(l - exact).max() < 5e-5
+    ab = np.full((*shape, 2), 20, np.float32)
+    got = C.lab_hwc_to_rgb_u8_keep_lightness(l, ab)
+    ref = C.lab_to_rgb_keep_lightness(
+        torch.from_numpy(l)[None].double(), torch.from_numpy(ab).permute(2, 0, 1).double()
+    )
+    assert got.shape == (*shape, 3) and np.abs(got - np.rint(ref.permute(1, 2, 0).numpy() * 255)).max() <= 1
+
+
 def test_lab_hwc_to_rgb_u8_is_the_exact_path_in_8_bits():
     wide_l, wide_ab = _wide_lab((1, 48, 64), torch.float32, seed=22)  # (1, H, W), (2, H, W)
     edge_l, edge_ab = _edge_lab(torch.float32)  # (1, 1, K), (2, 1, K)
@@ -570,3 +586,29 @@ def test_lab_hwc_to_rgb_u8_is_the_exact_path_in_8_bits():
         diff = np.abs(got.astype(np.float64) - exact)
         assert diff.max() <= 1  # the same gamut mapping; only a value within float rounding of a level boundary differs
         assert (diff > 0).mean() < 2e-3
+
+
+def test_lab_hwc_to_rgb_u8_over_bands_with_gamut_edges():
+    # Several bands of rows, the last one partial; out-of-gamut pixels in one middle band and in the last
+    # only (the other bands skip the per-pixel gamut test); and the gamut's corners, whose linear values
+    # land a float rounding outside [0, 1] (inside the test's tolerance): they must still give 0 and 255.
+    w = 300
+    rows = C._CACHE_BAND_VALUES // (3 * w)
+    h = 3 * rows + rows // 2
+    rgb = random_rgb((3, h, w), torch.float64, seed=23).clamp(0.02, 0.98)
+    corners = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1], [0, 0, 0], [1, 1, 1]])
+    rgb[:, 0, :8] = corners.T.double()
+    lab = C.rgb_to_lab(rgb).float()
+    l, ab = lab[:1], lab[1:].clone()
+    far = [(rows + 3, 10), (rows + 4, 250), (h - 1, w - 1), (h - 2, 0)]
+    for y, x in far:
+        ab[:, y, x] = torch.tensor([90.0, -120.0])
+    got = C.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
+    exact = (C.lab_to_rgb_keep_lightness(l.double(), ab.double()) * 255).round().permute(1, 2, 0).numpy()
+    diff = np.abs(got.astype(np.float64) - exact)
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert np.array_equal(got[0, :8], (corners.numpy() * 255).astype(np.uint8))
+    for y, x in far:  # mapped into the gamut: the exact path's colour, not a clipped one
+        assert np.abs(got[y, x].astype(int) - exact[y, x]).max() <= 1
+        raw = C.lab_to_rgb(torch.cat((l, ab)).double()[:, y : y + 1, x : x + 1])
+        assert ((raw < -0.01) | (raw > 1.01)).any()  # really out of gamut before the mapping

@@ -242,11 +242,21 @@ def test_successful_write_leaves_no_temporary_files(tmp_path):
     assert read_photo(path).rgb.shape == (2, 2, 3)
 
 
+@pytest.mark.parametrize("suffix", [".png", ".jpg"])
+def test_uint8_rgb_is_written_as_the_same_levels_in_float(tmp_path, suffix):
+    levels = _busy_photo(24, 40)
+    write_photo(tmp_path / f"u8{suffix}", levels, alpha=np.full((24, 40), 0.5, np.float32))
+    write_photo(tmp_path / f"float{suffix}", levels.astype(np.float32) / 255, alpha=np.full((24, 40), 0.5, np.float32))
+    assert (tmp_path / f"u8{suffix}").read_bytes() == (tmp_path / f"float{suffix}").read_bytes()
+
+
 def test_invalid_arguments_raise_value_error(tmp_path):
     with pytest.raises(ValueError):
         write_photo(tmp_path / "a.png", np.zeros((4, 4), np.float32))
     with pytest.raises(ValueError):
-        write_photo(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+        write_photo(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint16))  # integers: uint8 levels only
+    with pytest.raises(ValueError):
+        write_photo(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8), bit_depth=16)
     with pytest.raises(ValueError):
         write_photo(tmp_path / "a.png", np.zeros((4, 4, 3), np.float32), alpha=np.zeros((4, 5)))
     with pytest.raises(ValueError):

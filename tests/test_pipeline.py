@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from engines import color
 from engines.metrics import AbErrorCurve, colourfulness
 from engines.models import checkpoint
 from engines.models.registry import ENGINES
@@ -47,6 +48,27 @@ def test_colour_input_is_treated_as_gray(rng):
 
     gray = lightness_to_rgb_gray(l).permute(1, 2, 0).numpy()
     np.testing.assert_allclose(c.colorize(rgb), c.colorize(gray), atol=2e-3)
+
+
+def test_8_bit_lightness_and_composition_match_the_float_path(rng):
+    """The photo command's 8-bit shortcuts: L by table from the decoded levels, and RGB composed straight to
+    levels; the same as the float path (then rounded) up to float rounding, on a random engine's strong
+    (often out-of-gamut) chroma."""
+    levels = rng.integers(0, 256, (61, 87, 3), dtype=np.uint8)
+    levels[:8] = levels[:8, :, :1]  # some gray rows (R = G = B), dark and bright
+    rgb = levels.astype(np.float32) / 255
+    c = _random_colorizer()
+    l_float, l_8 = c.lightness(rgb), c.lightness(rgb, bit_depth=8)
+    assert l_8.shape == l_float.shape == (1, 1, 61, 87) and l_8.dtype == torch.float32
+    assert (l_8 - l_float).abs().max().item() < 5e-5
+    ab = c.predict_ab(l_float)
+    raw = color.lab_to_rgb(torch.cat((l_float[0], ab[0])))
+    assert ((raw < -0.01) | (raw > 1.01)).any(0).float().mean() > 0.05  # the gamut mapping is exercised
+    got = c.compose_u8(l_float, ab)
+    want = np.rint(c.compose(l_float, ab) * 255)
+    assert got.dtype == np.uint8 and got.shape == (61, 87, 3)
+    diff = np.abs(got - want)
+    assert diff.max() <= 1 and (diff > 0).mean() < 2e-3
 
 
 def test_working_size_bounds_engine_input():

@@ -562,10 +562,10 @@ def write_photo(
     bit_depth: int = 8,
     quality: int = 95,
 ) -> None:
-    """Encode ``rgb`` (float (H, W, 3) sRGB in [0, 1]; values outside are clipped) and optional
-    ``alpha`` (float (H, W) in [0, 1]) to ``path``; the format follows the suffix.
+    """Encode ``rgb`` (float (H, W, 3) sRGB in [0, 1], values outside clipped; or uint8 levels, written
+    as they are) and optional ``alpha`` (float (H, W) in [0, 1]) to ``path``; the format follows the suffix.
 
-    ``bit_depth`` 16 is honoured by PNG and TIFF (8 elsewhere); alpha is dropped by JPEG and BMP.
+    ``bit_depth`` 16 is honoured by PNG and TIFF (8 elsewhere) for float ``rgb``; alpha is dropped by JPEG and BMP.
     ``quality`` (1-100) applies to JPEG and WebP. The file appears atomically: on failure the
     destination is left as it was and no temporary file remains. Raises PhotoError for an
     unsupported suffix or a failed encode/write, ValueError for malformed arguments.
@@ -577,6 +577,8 @@ def write_photo(
     rgb, alpha = _check_arrays(rgb, alpha)
     if bit_depth not in (8, 16):
         raise ValueError(f"bit_depth must be 8 or 16, got {bit_depth}")
+    if bit_depth == 16 and rgb.dtype == np.uint8:
+        raise ValueError("8-bit rgb cannot be written at bit_depth 16")
     if not 1 <= quality <= 100:
         raise ValueError(f"quality must be in 1..100, got {quality}")
 
@@ -592,8 +594,8 @@ def _check_arrays(rgb: np.ndarray, alpha: np.ndarray | None) -> tuple[np.ndarray
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ValueError(f"rgb must have shape (H, W, 3), got {rgb.shape}")
-    if not np.issubdtype(rgb.dtype, np.floating):
-        raise ValueError(f"rgb must be a float array in [0, 1], got {rgb.dtype}")
+    if not np.issubdtype(rgb.dtype, np.floating) and rgb.dtype != np.uint8:
+        raise ValueError(f"rgb must be a float array in [0, 1] or uint8, got {rgb.dtype}")
     if alpha is not None:
         alpha = np.asarray(alpha)
         if alpha.shape != rgb.shape[:2]:
@@ -630,7 +632,7 @@ def _encode(codec: str, label: str, rgb: np.ndarray, alpha: np.ndarray | None, d
         if width > _WEBP_MAX_SIDE or height > _WEBP_MAX_SIDE:
             raise PhotoError(f"image too large for WebP: {width}x{height} (limit 16383 per side)")
 
-    samples = _quantize(rgb, deep)
+    samples = rgb if rgb.dtype == np.uint8 else _quantize(rgb, deep)
     if alpha is not None:
         samples = np.concatenate([samples, _quantize(alpha, deep)[..., None]], axis=2)
     src_format = {(False, False): "rgb24", (False, True): "rgba", (True, False): "rgb48le",
