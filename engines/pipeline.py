@@ -200,15 +200,12 @@ class Colorizer:
             self.model.set_threads(n)
 
     @staticmethod
-    def lightness(rgb: np.ndarray, bit_depth: int | None = None) -> torch.Tensor:
-        """``rgb (H, W, 3) float32`` in [0, 1] -> CIELAB L ``(1, 1, H, W)``; any colour is discarded.
-
-        ``bit_depth`` 8: ``rgb`` holds 8-bit levels / 255 (a decoded 8-bit photo), so L is looked up per
-        level (``color.rgb_u8_hwc_to_lightness``, several times faster, within 5e-5 of the formula).
-        """
-        if bit_depth == 8:
-            levels = cv2.convertScaleAbs(np.ascontiguousarray(rgb, dtype=np.float32), alpha=255)  # rounded
-            return torch.from_numpy(color.rgb_u8_hwc_to_lightness(levels))[None, None]
+    def lightness(rgb: np.ndarray) -> torch.Tensor:
+        """sRGB ``(H, W, 3)`` -> CIELAB L ``(1, 1, H, W)``; any colour is discarded. ``rgb`` float32 in [0, 1],
+        or uint8 levels (a decoded 8-bit photo: L looked up per level, ``color.rgb_u8_hwc_to_lightness``,
+        several times faster and within 5e-5 of the formula)."""
+        if rgb.dtype == np.uint8:
+            return torch.from_numpy(color.rgb_u8_hwc_to_lightness(rgb))[None, None]
         rgb_t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
         with torch.inference_mode():
             return color.rgb_to_lightness(rgb_t)[None]

@@ -455,3 +455,42 @@ def test_a_folder_goes_in_batches_with_each_photo_as_alone(tmp_path):
         b = cv2.imread(str(tmp_path / "alone" / name)).astype(int)
         assert a.shape == b.shape and np.abs(a - b).max() <= 1
         assert np.abs(a - a.mean(axis=2, keepdims=True)).max() > 2  # coloured, not gray
+
+
+def test_the_first_photos_are_read_while_the_engine_loads(tmp_path, monkeypatch):
+    """While the engine loads, the prefetch thread reads the leading photos in order until it holds
+    _FLIGHT_PIXELS; the pipeline reads the rest; every photo is read once and written as without it."""
+    import threading
+
+    import engines.pipeline
+    from colorcli import app as app_module
+
+    d = tmp_path / "in"
+    for k in range(6):
+        _photo(d / f"p{k}.png", seed=k)  # 48x64 each
+    monkeypatch.setattr(app_module, "_FLIGHT_PIXELS", 2 * 48 * 64)  # the prefetch may hold two
+    readers, done = [], threading.Semaphore(0)
+    real_read, real_load = app_module._read, engines.pipeline.load_colorizer
+
+    def read(job, opts):
+        readers.append((Path(job.input).name, threading.current_thread().name))
+        result = real_read(job, opts)
+        done.release()
+        return result
+
+    def load(*args, **kwargs):  # a slow engine load: returns once two photos are read
+        assert done.acquire(timeout=60) and done.acquire(timeout=60)
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(app_module, "_read", read)
+    monkeypatch.setattr(engines.pipeline, "load_colorizer", load)
+    assert invoke(d, "-o", tmp_path / "out").exit_code == 0
+    assert sorted(name for name, _ in readers) == [f"p{k}.png" for k in range(6)]  # each once
+    early = [name for name, thread in readers if thread == "colorize-prefetch"]
+    assert early == ["p0.png", "p1.png"]
+    monkeypatch.setattr(app_module, "_read", real_read)
+    for k in (0, 4):
+        assert invoke(d / f"p{k}.png", "-o", tmp_path / "alone" / f"p{k}.png").exit_code == 0
+        a = cv2.imread(str(tmp_path / "out" / f"p{k}.png")).astype(int)
+        b = cv2.imread(str(tmp_path / "alone" / f"p{k}.png")).astype(int)
+        assert np.abs(a - b).max() <= 1

@@ -612,3 +612,17 @@ def test_lab_hwc_to_rgb_u8_over_bands_with_gamut_edges():
         assert np.abs(got[y, x].astype(int) - exact[y, x]).max() <= 1
         raw = C.lab_to_rgb(torch.cat((l, ab)).double()[:, y : y + 1, x : x + 1])
         assert ((raw < -0.01) | (raw > 1.01)).any()  # really out of gamut before the mapping
+
+
+def test_rgb_u8_hwc_to_lightness_of_black_and_white_is_the_per_level_table():
+    """R = G = B (a gray scan saved as RGB, a B&W film frame): L by one lookup per level, equal to the
+    formula; a single pixel off gray takes the formula path and still agrees."""
+    rng = np.random.default_rng(25)
+    gray = np.repeat(rng.integers(0, 256, (29, 41, 1), dtype=np.uint8), 3, axis=2)
+    exact = C.rgb_to_lightness(torch.from_numpy(gray).permute(2, 0, 1).double() / 255)[0].numpy()
+    got = C.rgb_u8_hwc_to_lightness(gray)
+    assert got.dtype == np.float32 and got.shape == (29, 41) and np.abs(got - exact).max() < 5e-5
+    almost = gray.copy()
+    almost[7, 9, 2] ^= 1
+    exact[7, 9] = C.rgb_to_lightness(torch.from_numpy(almost[7:8, 9:10]).permute(2, 0, 1).double() / 255)[0, 0, 0]
+    assert np.abs(C.rgb_u8_hwc_to_lightness(almost) - exact).max() < 5e-5

@@ -802,3 +802,36 @@ def test_special_files_are_refused_without_blocking(tmp_path):
     loop.symlink_to(loop)
     with pytest.raises(PhotoError):
         read_photo(loop)
+
+
+@pytest.mark.parametrize("kind", ["jpeg-gray", "jpeg-rgb", "png-rgb", "png-rgba", "png-palette", "tiff-16bit"])
+def test_levels_are_the_float_photo_as_uint8(tmp_path, kind):
+    """``read_photo(levels=True)``: an 8-bit photo's rgb is its levels, exactly the float read times 255
+    (every path: gray and 4:2:0 JPEG, RGB, RGBA, palette PNG) with alpha as before; a 16-bit photo stays float."""
+    busy = _busy_photo(48, 64)
+    if kind == "jpeg-gray":
+        path = _save_pil(busy[..., 0], tmp_path / "a.jpg", quality=90)
+    elif kind == "jpeg-rgb":
+        path = _save_pil(busy, tmp_path / "a.jpg", quality=90)
+    elif kind == "png-rgb":
+        path = _save_pil(busy, tmp_path / "a.png")
+    elif kind == "png-rgba":
+        path = _save_pil(np.dstack([busy, busy[..., 1]]), tmp_path / "a.png")
+    elif kind == "png-palette":
+        path = tmp_path / "a.png"
+        Image.fromarray(busy).quantize(16).save(path)
+    else:
+        path = tmp_path / "a.tiff"
+        cv2.imwrite(str(path), (busy.astype(np.uint16) * 257)[..., ::-1])
+    as_float, as_levels = read_photo(path), read_photo(path, levels=True)
+    assert as_levels.bit_depth == as_float.bit_depth and as_levels.rgb.shape == as_float.rgb.shape
+    if as_float.alpha is None:
+        assert as_levels.alpha is None
+    else:
+        np.testing.assert_array_equal(as_levels.alpha, as_float.alpha)
+    if kind == "tiff-16bit":
+        assert as_float.bit_depth == 16 and as_levels.rgb.dtype == np.float32
+        np.testing.assert_array_equal(as_levels.rgb, as_float.rgb)
+    else:
+        assert as_levels.rgb.dtype == np.uint8 and as_levels.rgb.flags.c_contiguous
+        np.testing.assert_array_equal(as_levels.rgb, np.rint(as_float.rgb * 255).astype(np.uint8))

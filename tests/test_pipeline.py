@@ -58,7 +58,7 @@ def test_8_bit_lightness_and_composition_match_the_float_path(rng):
     levels[:8] = levels[:8, :, :1]  # some gray rows (R = G = B), dark and bright
     rgb = levels.astype(np.float32) / 255
     c = _random_colorizer()
-    l_float, l_8 = c.lightness(rgb), c.lightness(rgb, bit_depth=8)
+    l_float, l_8 = c.lightness(rgb), c.lightness(levels)
     assert l_8.shape == l_float.shape == (1, 1, 61, 87) and l_8.dtype == torch.float32
     assert (l_8 - l_float).abs().max().item() < 5e-5
     ab = c.predict_ab(l_float)

@@ -71,6 +71,7 @@ class Photo:
     """A decoded still image.
 
     rgb: float32 ``(H, W, 3)`` sRGB in [0, 1], EXIF orientation applied; gray replicated to 3 channels.
+        Read with ``levels=True``, an 8-bit photo's rgb is its uint8 levels instead (no float copy).
     alpha: float32 ``(H, W)`` in [0, 1] oriented like ``rgb``; None when the input has no alpha.
     bit_depth: 8 or 16, the input's sample depth (16 for 16-bit PNG/TIFF).
     """
@@ -99,12 +100,13 @@ class _Header:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> Photo:
+def read_photo(path: Path, max_pixels: int = MAX_PIXELS, *, levels: bool = False) -> Photo:
     """Decode the still image at ``path`` (format detected from the content).
 
     JPEG, PNG, TIFF, WebP and BMP are parsed and decoded here; anything else FFmpeg recognises
     (GIF, a video: its first frame) is decoded too. ``Photo.bit_depth`` is 16 when the decoded
     samples are deeper than 8 bits. EXIF orientation is applied to ``rgb`` and ``alpha``.
+    ``levels``: 8-bit photos keep ``rgb`` as their uint8 levels (16-bit ones are float32 either way).
 
     Raises PhotoError (one line, no path in it) for anything that is not a readable image: missing
     or unreadable file, empty file, unknown format, truncated or corrupt data, declared size above
@@ -154,7 +156,7 @@ def read_photo(path: Path, max_pixels: int = MAX_PIXELS) -> Photo:
 
     _check_size(frame.width, frame.height, max_pixels)
     try:
-        rgb, alpha, bit_depth = _frame_to_arrays(frame, header)
+        rgb, alpha, bit_depth = _frame_to_arrays(frame, header, levels)
     except MemoryError as exc:
         raise PhotoError("not enough memory to decode the image") from exc
     except (av.FFmpegError, ValueError) as exc:
@@ -204,15 +206,22 @@ def _decode_container(fh, max_pixels: int) -> av.VideoFrame:
     raise PhotoError(_TRUNCATED)
 
 
-def _frame_to_arrays(frame: av.VideoFrame, header: _Header) -> tuple[np.ndarray, np.ndarray | None, int]:
-    """Decoded frame -> (rgb float32 (H, W, 3), alpha float32 (H, W) or None, bit depth 8/16)."""
+def _frame_to_arrays(
+    frame: av.VideoFrame, header: _Header, levels: bool = False
+) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Decoded frame -> (rgb float32 (H, W, 3), alpha float32 (H, W) or None, bit depth 8/16); with
+    ``levels`` an 8-bit frame's rgb is its uint8 levels."""
     fmt = frame.format
     deep = max(c.bits for c in fmt.components) > 8
+
+    def rgb8(values: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(values) if levels else _scale(values, 255)
+
     if fmt.has_palette:
         # PNG tRNS ends up in the palette's alpha: report alpha only when some pixel uses it.
         rgba = frame.to_ndarray(format="rgba")
         has_alpha = header.alpha is not False and not bool((rgba[..., 3] == 255).all())
-        return _scale(rgba[..., :3], 255), (_scale(rgba[..., 3], 255) if has_alpha else None), 8
+        return rgb8(rgba[..., :3]), (_scale(rgba[..., 3], 255) if has_alpha else None), 8
 
     has_alpha = any(c.is_alpha for c in fmt.components) if header.alpha is None else header.alpha
     if header.centered_chroma and not deep:
@@ -225,7 +234,7 @@ def _frame_to_arrays(frame: av.VideoFrame, header: _Header) -> tuple[np.ndarray,
             alpha = None
             if has_alpha and len(frame.planes) == 4:  # yuva: alpha is the full-size 4th plane
                 alpha = _scale(_plane(frame, 3), 255)
-            return _scale(rgb, 255), alpha, 8
+            return rgb8(rgb), alpha, 8
 
     if has_alpha:
         target = "rgba64le" if deep else "rgba"
@@ -236,7 +245,9 @@ def _frame_to_arrays(frame: av.VideoFrame, header: _Header) -> tuple[np.ndarray,
     arr = frame.to_ndarray(format=target, src_color_range=frame.color_range)
     full = 65535 if deep else 255
     alpha = _scale(arr[..., 3], full) if has_alpha else None
-    return _scale(arr[..., :3], full), alpha, 16 if deep else 8
+    if not deep:
+        return rgb8(arr[..., :3]), alpha, 8
+    return _scale(arr[..., :3], full), alpha, 16
 
 
 # 8-bit planar YCbCr layouts whose chroma is halved in width and/or height.
