@@ -35,6 +35,7 @@ import torch
 from benchmarks import ROOT, current_commit
 from engines import color
 from engines.evaluation.scoring import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
+from engines.files import write_text
 from engines.metrics import AbErrorCurve, ColourFidelity, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.models import checkpoint
 from engines.models.registry import ENGINES, get_spec
@@ -209,7 +210,7 @@ def main() -> None:
             f"| {key} | {r['auc']:.2f} | {r['auc_rebal']:.2f} | {r['psnr']:.2f} | {r['ciede2000']:.2f} "
             f"| {r['colourfulness']:.1f} | {r['green_a']:.1f} | {r['false_colour']:.1f} | {r['dL']:.2f} | {r['top1_agreement']:.0f} | {r['frechet_distance']:.2f} |"
         )
-    (args.out / "quality.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "quality.md", "\n".join(lines) + "\n")
     gallery(list(columns["gray input"]), columns, args.out / "gallery.jpg")
     print("\n".join(lines))
 

@@ -24,6 +24,7 @@ import torch
 from benchmarks import ROOT, current_commit
 from benchmarks.quality import gallery
 from engines import color
+from engines.files import write_text
 from engines.metrics import AbErrorCurve, RgbErrorCurve, colourfulness, rebalance_weights
 from engines.models import resnet
 from engines.pipeline import load_colorizer
@@ -130,7 +131,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = _table(rows, len(truth), sum(v.numel() for v in clf_file.state_dict.values()))
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "seed_table.md").write_text("\n".join(lines) + "\n")
+    write_text(args.out / "seed_table.md", "\n".join(lines) + "\n")
     # Samples: 12 test images evenly spaced through the set (all ten classes), a rule fixed before looking.
     picks = [str(i) for i in range(0, len(truth), len(truth) // 12)][:12]
     to_np = {k: {i: v[int(i)].permute(1, 2, 0).numpy() for i in picks} for k, v in predictions.items()}

@@ -42,7 +42,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks import ROOT, current_commit
 from benchmarks.eccv16 import ECCV16
-from engines.files import atomic_path
+from engines.files import atomic_path, write_text
 from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
 from engines.runtime import backends as runtime
@@ -270,7 +270,7 @@ def write_section(path: Path, lines: list[str]) -> None:
     """Replace (or append) the section starting at ``lines[0]`` in ``path``; it stays last in the file."""
     text = path.read_text() if path.exists() else ""
     head = text.split(f"\n{lines[0]}\n")[0].rstrip("\n") if lines[0] in text else text.rstrip("\n")
-    path.write_text((head + "\n\n" if head else "") + "\n".join(lines) + "\n")
+    write_text(path, (head + "\n\n" if head else "") + "\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -299,7 +299,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     old = (args.out / "speed.md").read_text() if (args.out / "speed.md").exists() else ""
     kept = old[old.index(PHOTOS_HEADING) :] if PHOTOS_HEADING in old else ""  # from a --photos-folder run
-    (args.out / "speed.md").write_text("\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
+    write_text(args.out / "speed.md", "\n".join(lines) + "\n" + (f"\n{kept}" if kept else ""))
     plot(rows, args.out / "speed.png")
     print("\n".join(lines))
 

@@ -43,6 +43,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks import ROOT
 from benchmarks.video import _cpu_seconds
 from engines import color
+from engines.files import write_text
 from training import distributed
 from training.config import TrainConfig, load_recipe
 from training.data import BatchSampler, load_source, split
@@ -342,7 +343,7 @@ def main() -> None:
     header = ["# Training throughput", "", machine_line(args.threads, load, cpu_share) + f" Command: `{command}`.", ""]
     text = "\n".join(header + lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     print(text)
 
 

@@ -48,6 +48,7 @@ import torch
 from benchmarks import ROOT
 from engines import color
 from engines.evaluation.scoring import video_frames
+from engines.files import write_text
 from engines.pipeline import load_colorizer
 from engines.runtime.backends import select_backend
 from engines.video import temporal
@@ -423,7 +424,7 @@ def main() -> None:
             lines += _memory_section(davis[0], tmp, args.threads)
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(text)
+    write_text(args.out, text)
     print(text)
 
 

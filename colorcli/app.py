@@ -107,6 +107,11 @@ class RunOptions:
     resume: bool = False  # films: continue an interrupted run's work
 
 
+# The engine option, the same wherever a command takes one.
+ModelOption = Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")]
+DEFAULT_MODEL = "regression"
+
+
 @app.command("run")
 def run(
     inputs: Annotated[list[str], typer.Argument(help="Photos, films, folders or glob patterns.", show_default=False)],
@@ -116,7 +121,7 @@ def run(
             "-o", "--output", help="Output file (one input) or folder. Default: <stem>_color<ext> beside each input."
         ),
     ] = None,
-    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    model: ModelOption = DEFAULT_MODEL,
     backend: Annotated[BackendChoice, typer.Option(help="Where the engine runs.")] = BackendChoice.auto,
     recursive: Annotated[
         bool, typer.Option("-r", "--recursive", help="Descend into subfolders of folder inputs.")
@@ -981,7 +986,7 @@ app.add_typer(trt_app, name="trt")
 
 @trt_app.command("build")
 def trt_build(
-    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    model: ModelOption = DEFAULT_MODEL,
     working_size: Annotated[int | None, typer.Option(min=16, max=4096, help="Working size to build for.")] = None,
 ) -> None:
     """Build (or check) the cached TensorRT engine for a model on this GPU: `colorize trt build -m gan`."""
@@ -1027,7 +1032,7 @@ def trt_clear() -> None:
 @app.command("export")
 def export(
     output: Annotated[Path, typer.Argument(help="Where to write the .onnx file.")],
-    model: Annotated[str, typer.Option("-m", "--model", help=f"Engine: {', '.join(ENGINES)}.")] = "regression",
+    model: ModelOption = DEFAULT_MODEL,
     weights: Annotated[Path | None, typer.Option(help="Export this checkpoint instead of the shipped weights.")] = None,
 ) -> None:
     """Export an engine's network to ONNX (dynamic batch and size): `colorize export gan.onnx -m gan`."""

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from engines.files import atomic_path
+from engines.models import saved
 from engines.models.unet import UNet, UNetConfig
 
 FORMAT = "colorize-checkpoint/1"
@@ -46,38 +46,31 @@ class EngineCheckpoint:
 
     def build_model(self) -> UNet:
         model = UNet(self.arch)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
+        model.load_state_dict(saved.float_state_dict(self.state_dict))
         return model.eval()
 
 
 def save(ckpt: EngineCheckpoint, path: Path, half: bool = False) -> None:
     """Write atomically (temporary name, then rename). ``half`` stores float weights as fp16 to halve the file."""
-    sd = {
-        k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous()
-        for k, v in ckpt.state_dict.items()
-    }
     payload = {
         "format": FORMAT,
         "family": ckpt.family,
         "arch": ckpt.arch.to_dict(),
         "color_space": ckpt.color_space,
         "working_size": ckpt.working_size,
-        "state_dict": sd,
+        "state_dict": saved.stored_state_dict(ckpt.state_dict, half),
         "trained_on": ckpt.trained_on,
         "metrics": ckpt.metrics,
         "family_state": ckpt.family_state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    saved.write(payload, path)
 
 
 def load(path: Path) -> EngineCheckpoint:
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a bad file; all mean the same to a caller
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(e).__name__})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file")
+        payload = saved.read(path, FORMAT, "checkpoint")
+    except ValueError as e:
+        raise CheckpointError(str(e)) from e
     if payload.get("color_space") not in ("lab", "yuv"):
         raise CheckpointError(f"{path}: unknown colour space {payload.get('color_space')!r}")
     return EngineCheckpoint(

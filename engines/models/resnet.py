@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from engines.files import atomic_path
+from engines.models import saved
 
 FORMAT = "colorize-classifier/1"
 # Inputs are sRGB in [0, 1], standardised per channel with fixed values (those of ImageNet photos).
@@ -112,32 +112,25 @@ class ClassifierFile:
 
     def build(self) -> ResNet:
         model = ResNet(self.config)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in self.state_dict.items()})
+        model.load_state_dict(saved.float_state_dict(self.state_dict))
         return model.eval()
 
 
 def save(cf: ClassifierFile, path: Path) -> None:
     """Write atomically, float weights as fp16 (half the size)."""
-    sd = {k: (v.half() if v.is_floating_point() else v).detach().cpu().contiguous() for k, v in cf.state_dict.items()}
     payload = {
         "format": FORMAT,
         "config": cf.config.to_dict(),
         "classes": list(cf.classes),
-        "state_dict": sd,
+        "state_dict": saved.stored_state_dict(cf.state_dict, half=True),
         "trained_on": cf.trained_on,
         "metrics": cf.metrics,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    saved.write(payload, path)
 
 
 def load(path: Path) -> ClassifierFile:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a bad file raises many types; all mean the same to a caller
-        raise ValueError(f"{path}: not a readable classifier file ({type(e).__name__})") from e
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file")
+    payload = saved.read(path, FORMAT, "classifier file")
     return ClassifierFile(
         ResNetConfig.from_dict(payload["config"]),
         list(payload["classes"]),
