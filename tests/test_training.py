@@ -722,3 +722,50 @@ def test_regression_and_gan_warm_start_from_a_classification_trunk(tmp_path, fam
     own = task.model.state_dict()
     for k in trunk - {"stem.0.0.weight"}:  # the GAN's first layer gains a zero noise channel
         torch.testing.assert_close(own[k], source[k].to(own[k].dtype))
+
+
+def test_weight_average_follows_the_steps_and_is_what_is_validated_exported_and_resumed(tmp_path, monkeypatch):
+    """``ema_decay``: after each step the average moves (1 - decay) of the way to the weights (checked
+    against a hand-computed average over the steps' weights); snapshots and the best engine hold the
+    average; a resumed run ends bit-identical; a state saved without an average starts it afresh."""
+    from training import tasks
+    from training.snapshot import snapshot
+
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, ema_decay=0.75, keep_snapshots=True)
+    seen = []
+    real_update = tasks.WeightAverage.update
+
+    def update(self, model):  # record each step's weights, then the real update
+        seen.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        real_update(self, model)
+
+    monkeypatch.setattr(tasks.WeightAverage, "update", update)
+    train(cfg, tmp_path / "straight")
+    monkeypatch.setattr(tasks.WeightAverage, "update", real_update)
+    assert len(seen) == 8
+    state = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)["task"]
+    name = "head.weight"
+    # By hand from the step-4 snapshot (the average then, in an fp16 file): a_k = 0.75 a_(k-1) + 0.25 w_k.
+    want = checkpoint.load(tmp_path / "straight" / "snapshots" / "step-0000004.pt").state_dict[name].float()
+    for w in seen[4:]:
+        want = 0.75 * want + 0.25 * w[name]
+    torch.testing.assert_close(state["ema"][name], want, atol=2e-3, rtol=1e-3)
+    assert not torch.equal(state["ema"][name], state["model"][name])
+    snap8 = checkpoint.load(tmp_path / "straight" / "snapshots" / "step-0000008.pt")
+    torch.testing.assert_close(snap8.state_dict[name].float(), state["ema"][name], atol=2e-3, rtol=1e-3)
+    latest = snapshot(tmp_path / "straight", tmp_path / "latest.pt")
+    assert latest.metrics["averaged"] is True
+    torch.testing.assert_close(latest.state_dict[name], state["ema"][name])
+
+    train(cfg, tmp_path / "resumed", stop_at_step=5)
+    train(cfg, tmp_path / "resumed")
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8, parts=("model", "ema"))
+
+    plain = replace(cfg, ema_decay=0.0)
+    train(plain, tmp_path / "late", stop_at_step=5)  # saved without an average
+    assert "ema" not in torch.load(tmp_path / "late" / "state.pt", weights_only=True)["task"]
+    train(replace(cfg, max_steps=6), tmp_path / "late")  # resumed with one: it starts from the step-5 weights
+    late = torch.load(tmp_path / "late" / "state.pt", weights_only=True)["task"]
+    assert late["ema"].keys() == late["model"].keys()
+    assert not torch.equal(late["ema"][name], late["model"][name])

@@ -58,6 +58,9 @@ class TrainConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-4
     warmup_steps: int = 300
+    # Validate, keep and ship an exponential moving average of the weights (0: off; 0.999 averages
+    # about the last 1,000 steps): less noisy than one step's weights at a steady learning rate.
+    ema_decay: float = 0.0
     max_steps: int = 20_000
     # The run's length in passes over the training images instead (0: ``max_steps`` is the length):
     # max_steps becomes epochs x batches per epoch once the data is loaded.
@@ -139,6 +142,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         )
     if cfg.precision not in ("auto", "float32", "bfloat16"):
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {cfg.precision!r}")
+    if not 0 <= cfg.ema_decay < 1:
+        raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), not {cfg.ema_decay!r}")
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

@@ -24,11 +24,16 @@ def snapshot(run_dir: Path, out: Path) -> checkpoint.EngineCheckpoint:
     state = torch.load(run_dir / "state.pt", map_location="cpu", weights_only=True)
     step = int(state["step"])
     recipe = state["config"]
+    averaged = "ema" in state["task"]  # a run with ema_decay: its average is what it validates and ships
     ckpt = replace(
         template,
-        state_dict=state["task"]["model"],
+        state_dict=state["task"]["ema" if averaged else "model"],
         trained_on={"recipe": recipe, "step": step, "images_seen": step * recipe["batch_size"]},
-        metrics={"note": "latest weights of the run, not the best validated ones", "step": step},
+        metrics={
+            "note": "latest weights of the run (its moving average when it keeps one), not the best validated ones",
+            "step": step,
+            "averaged": averaged,
+        },
     )
     checkpoint.save(ckpt, out, half=True)
     return ckpt

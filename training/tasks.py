@@ -15,6 +15,7 @@ is the ResNet image classifier (``python -m training.classifier``).
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,20 +124,59 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
+class WeightAverage:
+    """An exponential moving average of a network's weights and buffers (BatchNorm statistics too),
+    ``average <- decay * average + (1 - decay) * current`` after every step; integer buffers are copied.
+
+    At a steady learning rate the weights of any one step carry that step's noise (snapshots a few
+    hundred steps apart differ by 0.3-0.5 AuC on the tuning photos); the average over the last
+    ``1 / (1 - decay)`` steps is close to where a decayed rate would settle, at no cost to training.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0 < decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        self.model.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        pairs = list(zip(self.model.state_dict().values(), model.state_dict().values(), strict=True))
+        floats = [(a, c) for a, c in pairs if a.is_floating_point()]
+        torch._foreach_lerp_([a for a, _ in floats], [c.detach() for _, c in floats], 1 - self.decay)
+        for a, c in pairs:
+            if not a.is_floating_point():
+                a.copy_(c)
+
+
 class _Resumable:
-    """The resumable state every task with one model, one optimiser and one schedule shares."""
+    """The resumable state every task with one model, one optimiser and one schedule shares, and the
+    weight average when the recipe asks for one (``ema_decay``)."""
 
     model: torch.nn.Module
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
+    ema: WeightAverage | None = None
+
+    @property
+    def eval_model(self) -> torch.nn.Module:
+        """The weights that are validated, exported and shipped: the average when there is one."""
+        return self.ema.model if self.ema is not None else self.model
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+        state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
+        if self.ema is not None:
+            state["ema"] = self.ema.model.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.sched.load_state_dict(state["sched"])
+        if self.ema is not None:
+            # A run saved before it averaged starts its average from the weights it resumes with.
+            self.ema.model.load_state_dict(state.get("ema", state["model"]))
 
 
 class _SingleNetworkTask(_Resumable):
@@ -186,6 +226,8 @@ class _SingleNetworkTask(_Resumable):
         if self.pixel_weights is not None:
             self.pixel_weights = self.pixel_weights.to(self.device)
         self.net = distributed.wrap(self.model, info)
+        # Made here, from the warm-started weights on their device (a resumed run loads it after).
+        self.ema = WeightAverage(self.model, self.cfg.ema_decay) if self.cfg.ema_decay else None
 
     def _place_networks(self) -> None:
         self.model.to(self.device, memory_format=self.memory_format)
@@ -246,13 +288,15 @@ class _SingleNetworkTask(_Resumable):
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
         """L ``(B, 1, H, W)`` in [0, 100] -> ab ``(B, 2, H, W)`` in CIELAB units."""
-        self.model.eval()
-        chroma = self.decode(self.model(self._input(l)).float()).cpu()
+        model = self.eval_model.eval()
+        chroma = self.decode(model(self._input(l)).float()).cpu()
         if chroma.shape[-2:] != l.shape[-2:]:
             chroma = F.interpolate(chroma, size=l.shape[-2:], mode="bilinear", align_corners=False)
         return color.chroma_to_ab(l, chroma, self.cfg.color_space)
@@ -298,7 +342,7 @@ class _SingleNetworkTask(_Resumable):
                 family=self.family,
                 arch=self.model.config,
                 color_space=self.cfg.color_space,
-                state_dict=self.model.state_dict(),
+                state_dict=self.eval_model.state_dict(),
                 working_size=self.cfg.working_size,
                 trained_on={
                     "recipe": self.cfg.to_dict(),
@@ -485,6 +529,8 @@ class GanTask(_SingleNetworkTask):
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         scalars.update(loss=float(loss.detach()), recon=float(recon.detach()), g_adv=float(g_adv.detach()))
         scalars["lr"] = self.sched.get_last_lr()[0]
         return scalars
@@ -595,6 +641,8 @@ class ClassifierTask(_Resumable):
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
         return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
 
     def validate(self, val: LabelledValidation) -> dict[str, float]:
