@@ -2,6 +2,7 @@
 
 import io
 import json
+import math
 import os
 import shutil
 import tarfile
@@ -769,3 +770,65 @@ def test_weight_average_follows_the_steps_and_is_what_is_validated_exported_and_
     late = torch.load(tmp_path / "late" / "state.pt", weights_only=True)["task"]
     assert late["ema"].keys() == late["model"].keys()
     assert not torch.equal(late["ema"][name], late["model"][name])
+
+
+def _make_class_folders(root: Path, n_per_class: int, size: int = 40) -> Path:
+    """Colourful images in two class folders that lightness alone tells apart: ``bright`` ones (levels
+    128-255) and ``dark`` ones (0-127)."""
+    rng = np.random.default_rng(0)
+    for name, low in (("bright", 128), ("dark", 0)):
+        (root / name).mkdir(parents=True)
+        for i in range(n_per_class):
+            cv2.imwrite(str(root / name / f"{i:03d}.png"), (low + _colourful(rng, size) // 2).astype(np.uint8))
+    return root
+
+
+def test_semantic_loss_labels_learn_the_classes_and_a_run_without_it_resumes_with_it(tmp_path):
+    """``class_loss_weight`` (Iizuka et al.'s auxiliary classification): each training image's label is
+    its folder, in the sampler's order; the head learns classes that lightness tells apart; a run with
+    it resumes exactly; a state saved without it (a branch of the campaign) resumes with a fresh head."""
+    from training.data import training_sets_with_classes
+
+    folder = _make_class_folders(tmp_path / "imgs", n_per_class=24)
+    train_sets, _, labels, classes = training_sets_with_classes((str(folder),), (40,), (1,), 0.2, tmp_path / "c")
+    assert classes == ["bright", "dark"]
+    images = np.concatenate(train_sets)
+    assert len(labels) == len(images) and set(labels.tolist()) == {0, 1}
+    assert ((images.mean(axis=(1, 2, 3)) > 127) == (labels == 0)).all()
+
+    cfg = _tiny_config(folder, tmp_path, family="classification", class_loss_weight=1.0, max_steps=60, lr=5e-3)
+    cfg = replace(cfg, val_every=20)
+    train(cfg, tmp_path / "straight")
+    log = [json.loads(line) for line in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["class_loss"] < 0.3 < math.log(2)  # chance is log 2
+    assert log[-1]["loss"] == pytest.approx(log[-1]["colour_loss"] + log[-1]["class_loss"], rel=1e-5)
+    engine = checkpoint.load(tmp_path / "straight" / "engine.pt")  # the engine is the plain network
+    assert not any(k.startswith("semantic") for k in engine.state_dict)
+    engine.build_model().load_state_dict(engine.state_dict)
+
+    train(cfg, tmp_path / "resumed", stop_at_step=25)
+    train(cfg, tmp_path / "resumed")
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=60)
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)["task"]["semantic"]["head"]
+    b = torch.load(tmp_path / "resumed" / "state.pt", weights_only=True)["task"]["semantic"]["head"]
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=0)
+
+    train(replace(cfg, class_loss_weight=0.0), tmp_path / "branch", stop_at_step=25)
+    assert "semantic" not in torch.load(tmp_path / "branch" / "state.pt", weights_only=True)["task"]
+    train(cfg, tmp_path / "branch")
+    assert "semantic" in torch.load(tmp_path / "branch" / "state.pt", weights_only=True)["task"]
+
+
+def test_semantic_loss_is_refused_for_the_gan_and_unlabelled_tasks(tmp_path):
+    from training.data import DataError
+    from training.tasks import TASKS
+
+    with pytest.raises(ValueError, match="class_loss_weight is for the regression and classification"):
+        from_dict({"family": "gan", "class_loss_weight": 0.5})
+    with pytest.raises(ValueError, match="class_loss_weight must be 0"):
+        from_dict({"class_loss_weight": -1})
+    folder = _make_folder(tmp_path / "imgs", n_colour=10, n_gray=0)
+    with pytest.raises(DataError, match="needs the training images' classes"):
+        cfg = _tiny_config(folder, tmp_path, family="classification", class_loss_weight=1.0)
+        TASKS["classification"](cfg, torch.ones(484))

@@ -42,6 +42,10 @@ class TrainConfig:
     huber_delta: float = 0.1
     # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it, else the prior/uniform mix.
     rebalance_lambda: float = 0.0
+    # The semantic loss (Iizuka et al. 2016; regression and classification): the weight of an auxiliary
+    # cross-entropy on each image's class (its folder) predicted from the U-Net's global features; 0: off.
+    # Training only: the engine is the same network. Every source must be laid out by class.
+    class_loss_weight: float = 0.0
     # GAN (family = "gan"): adversarial loss, weight of the L1/L2 term (``loss`` picks which; on normalised
     # ab, as pix2pix's lambda 100 on [-1, 1] images), generator-only pre-training steps, noise input.
     gan_loss: str = "lsgan"  # "bce", "lsgan" or "wgan-gp"
@@ -144,6 +148,10 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"precision must be auto, float32 or bfloat16, not {cfg.precision!r}")
     if not 0 <= cfg.ema_decay < 1:
         raise ValueError(f"ema_decay must be 0 (off) or in (0, 1), not {cfg.ema_decay!r}")
+    if cfg.class_loss_weight < 0:
+        raise ValueError(f"class_loss_weight must be 0 (off) or more, not {cfg.class_loss_weight!r}")
+    if cfg.class_loss_weight and cfg.family not in ("regression", "classification"):
+        raise ValueError("class_loss_weight is for the regression and classification families")
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

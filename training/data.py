@@ -228,14 +228,35 @@ def training_sets(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every source decoded and split: ``(train, validation)`` arrays, one per source, each training
     array listed ``repeats`` times (the same array, no copy), validation arrays once."""
+    train, val, _ = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
+    return train, val
+
+
+def training_sets_with_classes(
+    sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
+) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
+    """As ``training_sets``, and ``(labels, classes)``: each training image's class index (``class_of``;
+    the classes every class found, sorted), concatenated in the order the sampler's indices count them."""
+    train, val, names = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
+    classes = sorted({class_of(n) for group in names for n in group})
+    labels = np.concatenate([class_labels(group, classes) for group in names]) if names else np.zeros(0, np.int64)
+    return train, val, labels, classes
+
+
+def _split_sources(
+    sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
+) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
+    """``(train, validation, train names)``: ``training_sets``'s arrays and each training array's names."""
     for src in sources:  # all of them before decoding any: a typo in the last should not wait
         check_source(Path(src))
-    train, val = [], []
+    train, val, names = [], [], []
     for src, size, n in zip(sources, sizes, repeats or (1,) * len(sources)):
-        tr, va = split(load_source(Path(src), size, cache_dir), val_fraction)
-        train += [tr] * n
-        val.append(va)
-    return train, val
+        images = load_source(Path(src), size, cache_dir)
+        is_val = validation_mask(images.names, val_fraction)
+        train += [images.rgb_u8[~is_val]] * n
+        names += [[name for name, v in zip(images.names, is_val) if not v]] * n
+        val.append(images.rgb_u8[is_val])
+    return train, val, names
 
 
 def class_of(name: str) -> str:

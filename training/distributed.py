@@ -57,6 +57,17 @@ def wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module:
     return torch.nn.parallel.DistributedDataParallel(model)
 
 
+def average_gradients(module: torch.nn.Module, info: DistInfo) -> None:
+    """Average a module's gradients over the processes, as DDP does for the modules it wraps (for a
+    training-only module outside the wrapped network)."""
+    if info.world == 1:
+        return
+    for p in module.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= info.world
+
+
 def any_process(flag: bool, info: DistInfo) -> bool:
     """True on every process when ``flag`` is true on any (so that all stop at the same step)."""
     if info.world == 1:

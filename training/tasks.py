@@ -33,7 +33,7 @@ from engines.models.unet import UNet, UNetConfig
 from engines.runtime import backends as runtime
 from training import distributed, figures
 from training.config import TrainConfig
-from training.data import DataError, labelled_sets, training_sets
+from training.data import DataError, labelled_sets, training_sets, training_sets_with_classes
 
 
 @dataclass
@@ -44,6 +44,21 @@ class TaskData:
     train: list[np.ndarray]
     val: Any
     given: Any
+
+
+@dataclass
+class ColourGiven:
+    """What a colour family's constructor takes beside the recipe: the chroma prior and, for the
+    semantic loss (``class_loss_weight``), each training image's class index in the sampler's order."""
+
+    prior: torch.Tensor
+    train_labels: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
+
+
+def as_colour_given(given: torch.Tensor | ColourGiven) -> ColourGiven:
+    """A colour task's ``given``: a prior alone (benchmarks, tests) stands for a run without classes."""
+    return given if isinstance(given, ColourGiven) else ColourGiven(given)
 
 
 def network_config(cfg: TrainConfig, **kw) -> UNetConfig:
@@ -96,7 +111,15 @@ def _centre(arr: np.ndarray, size: int) -> np.ndarray:
 def colour_data(cfg: TrainConfig, cache_dir: Path) -> TaskData:
     """Colour images (gray dropped) split per source, the chroma prior, and a fixed subset of
     validation images as centre crops at the training crop size."""
-    train_sets, val_sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache_dir)
+    labels, classes = None, ()
+    if cfg.class_loss_weight:
+        train_sets, val_sets, labels, classes = training_sets_with_classes(
+            cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache_dir
+        )
+    else:
+        train_sets, val_sets = training_sets(
+            cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache_dir
+        )
     if not train_sets or sum(len(t) for t in train_sets) == 0:
         raise DataError("no colour training images found in the configured sources")
     if sum(len(v) for v in val_sets) == 0:
@@ -109,7 +132,7 @@ def colour_data(cfg: TrainConfig, cache_dir: Path) -> TaskData:
     val_u8 = np.concatenate([_centre(v, cfg.crop_size) for v in val_sets])
     val_u8 = val_u8[np.random.default_rng(1).permutation(len(val_u8))[: cfg.val_images]]
     val_rgb = torch.from_numpy(val_u8).permute(0, 3, 1, 2).float() / 255
-    return TaskData(train_sets, ColourValidation(val_rgb, metric_weights), prior)
+    return TaskData(train_sets, ColourValidation(val_rgb, metric_weights), ColourGiven(prior, labels, tuple(classes)))
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -150,6 +173,22 @@ class WeightAverage:
                 a.copy_(c)
 
 
+class SemanticHead(torch.nn.Module):
+    """Iizuka et al. 2016's auxiliary task: the image's class (its folder: Tiny ImageNet's 200, the scene
+    set's 6) predicted from the U-Net's global features (the bottleneck after its context block,
+    averaged over the image), so that the features that choose colours also say what the scene is. It
+    only trains: the engine never runs it and its weights are not exported."""
+
+    def __init__(self, channels: int, n_classes: int):
+        super().__init__()
+        self.mlp = torch.nn.Sequential(
+            torch.nn.Linear(channels, channels), torch.nn.ReLU(inplace=True), torch.nn.Linear(channels, n_classes)
+        )
+
+    def forward(self, bottleneck: torch.Tensor) -> torch.Tensor:
+        return self.mlp(bottleneck.float().mean(dim=(2, 3)))
+
+
 class _Resumable:
     """The resumable state every task with one model, one optimiser and one schedule shares, and the
     weight average when the recipe asks for one (``ema_decay``)."""
@@ -168,6 +207,8 @@ class _Resumable:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.model.state_dict()
+        if getattr(self, "semantic", None) is not None:
+            state["semantic"] = {"head": self.semantic.state_dict(), "opt": self.semantic_opt.state_dict()}
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -177,6 +218,10 @@ class _Resumable:
         if self.ema is not None:
             # A run saved before it averaged starts its average from the weights it resumes with.
             self.ema.model.load_state_dict(state.get("ema", state["model"]))
+        # A run saved without the semantic head (a branch of one) starts its head fresh.
+        if getattr(self, "semantic", None) is not None and "semantic" in state:
+            self.semantic.load_state_dict(state["semantic"]["head"])
+            self.semantic_opt.load_state_dict(state["semantic"]["opt"])
 
 
 class _SingleNetworkTask(_Resumable):
@@ -184,15 +229,21 @@ class _SingleNetworkTask(_Resumable):
 
     family = ""
     best_file = "engine.pt"
-    batch_with_index = False
 
     @classmethod
     def load_data(cls, cfg: TrainConfig, cache_dir: Path) -> TaskData:
         return colour_data(cfg, cache_dir)
 
-    def __init__(self, cfg: TrainConfig, arch: UNetConfig, ab_prior: torch.Tensor):
+    def __init__(self, cfg: TrainConfig, arch: UNetConfig, given: torch.Tensor | ColourGiven):
+        given = as_colour_given(given)
+        ab_prior = given.prior
         self.cfg = cfg
         self.model = UNet(arch)
+        self.semantic: SemanticHead | None = None
+        if cfg.class_loss_weight:
+            if given.train_labels is None or not given.classes:
+                raise DataError("class_loss_weight needs the training images' classes (their folders)")
+            self._make_semantic_head(torch.from_numpy(given.train_labels), len(given.classes))
         if cfg.encoder_from:
             clf = resnet.load(Path(cfg.encoder_from))
             self.model.encoder.load_classifier(clf.config, clf.state_dict)
@@ -215,8 +266,23 @@ class _SingleNetworkTask(_Resumable):
         rest = [p for p in self.model.parameters() if id(p) not in ids]
         return [{"params": rest}, {"params": list(encoder.parameters()), "lr": self.cfg.lr * self.cfg.encoder_lr_scale}]
 
+    def _make_semantic_head(self, train_labels: torch.Tensor, n_classes: int) -> None:
+        """The auxiliary head, its own optimiser (so that a run saved without it resumes with it), and a
+        hook that keeps the bottleneck of the latest forward pass for it."""
+        self.train_labels = train_labels
+        self.semantic = SemanticHead(self.model.config.widths[-1], n_classes)
+        self.semantic_opt = torch.optim.AdamW(
+            self.semantic.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay
+        )
+        self._bottleneck: list[torch.Tensor] = []
+        # Training passes only: the weight average (a copy, hooks included) and validation leave it alone.
+        self.model.context.register_forward_hook(
+            lambda m, _i, out: self._bottleneck.append(out) if m.training else None
+        )
+
     def place(self, info: distributed.DistInfo) -> None:
         """Move to this process's device and wrap for DDP when there are several processes."""
+        self.info = info
         self.device = info.device
         self.bf16, self.precision = resolve_precision(self.cfg.precision, self.device)
         # bf16 convolutions run fastest channels-last (oneDNN and cuDNN); float32 on the CPU keeps the
@@ -231,6 +297,8 @@ class _SingleNetworkTask(_Resumable):
 
     def _place_networks(self) -> None:
         self.model.to(self.device, memory_format=self.memory_format)
+        if self.semantic is not None:
+            self.semantic.to(self.device)
 
     def autocast(self):
         """The forward passes' precision context (losses and colour conversion stay float32)."""
@@ -278,19 +346,43 @@ class _SingleNetworkTask(_Resumable):
             per_pixel = per_pixel * self.pixel_weights[ab_bin_index(ab_true)]
         return per_pixel.mean()
 
-    def step(self, rgb: torch.Tensor) -> dict[str, float]:
-        """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1]."""
+    @property
+    def batch_with_index(self) -> bool:
+        return self.semantic is not None  # the classes are looked up by the images' indices
+
+    def step(self, batch: torch.Tensor | tuple[torch.Tensor, torch.Tensor]) -> dict[str, float]:
+        """One optimisation step on a batch of sRGB crops ``(B, 3, S, S)`` in [0, 1] (with the images'
+        indices when the semantic loss is on)."""
+        rgb, idx = batch if self.semantic is not None else (batch, None)
         self.net.train()
         l_in, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
         with self.autocast():
             loss = self.loss(self._layout(l_in), chroma)
+        scalars = {}
+        if idx is not None:
+            colour_loss, class_loss = loss, self._class_loss(idx)
+            loss = colour_loss + self.cfg.class_loss_weight * class_loss
+            scalars = {"colour_loss": float(colour_loss.detach()), "class_loss": float(class_loss.detach())}
+            self.semantic_opt.zero_grad(set_to_none=True)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
         self.opt.step()
         self.sched.step()
+        if idx is not None:
+            distributed.average_gradients(self.semantic, self.info)  # the head is not DDP-wrapped
+            for group in self.semantic_opt.param_groups:  # the network's schedule
+                group["lr"] = self.sched.get_last_lr()[0]
+            self.semantic_opt.step()
         if self.ema is not None:
             self.ema.update(self.model)
-        return {"loss": float(loss.detach()), "lr": self.sched.get_last_lr()[0]}
+        return {"loss": float(loss.detach()), **scalars, "lr": self.sched.get_last_lr()[0]}
+
+    def _class_loss(self, idx: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the semantic head on the bottleneck the colour loss's forward pass left."""
+        bottleneck = self._bottleneck.pop()
+        self._bottleneck.clear()
+        labels = self.train_labels[idx].to(self.device)
+        return F.cross_entropy(self.semantic(bottleneck), labels, ignore_index=-1)
 
     @torch.inference_mode()
     def predict_ab(self, l: torch.Tensor) -> torch.Tensor:
@@ -363,8 +455,8 @@ class RegressionTask(_SingleNetworkTask):
 
     family = "regression"
 
-    def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
-        super().__init__(cfg, network_config(cfg), ab_prior)
+    def __init__(self, cfg: TrainConfig, given: torch.Tensor | ColourGiven):
+        super().__init__(cfg, network_config(cfg), given)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
         pred, target = self.net(l_norm).float(), color.normalize_ab(ab_true)
@@ -389,11 +481,12 @@ class ClassificationTask(_SingleNetworkTask):
 
     family = "classification"
 
-    def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
-        self.centres = classification.bin_centres(ab_prior)
+    def __init__(self, cfg: TrainConfig, given: torch.Tensor | ColourGiven):
+        given = as_colour_given(given)
+        self.centres = classification.bin_centres(given.prior)
         self.soft_encoder = classification.SoftEncoder(self.centres)
         arch = network_config(cfg, out_channels=len(self.centres), output_stride=2)
-        super().__init__(cfg, arch, ab_prior)
+        super().__init__(cfg, arch, given)
 
     def place(self, info: distributed.DistInfo) -> None:
         super().place(info)
@@ -458,9 +551,9 @@ class GanTask(_SingleNetworkTask):
 
     family = "gan"
 
-    def __init__(self, cfg: TrainConfig, ab_prior: torch.Tensor):
+    def __init__(self, cfg: TrainConfig, given: torch.Tensor | ColourGiven):
         arch = network_config(cfg, in_channels=2 if cfg.gan_noise else 1)
-        super().__init__(cfg, arch, ab_prior)
+        super().__init__(cfg, arch, given)
         self.critic = gan.PatchCritic()
         # Adam betas (0.5, 0.999) as in pix2pix/DCGAN; WGAN-GP's paper uses (0, 0.9).
         betas = (0.0, 0.9) if cfg.gan_loss == "wgan-gp" else (0.5, 0.999)
