@@ -1,14 +1,16 @@
 """Learning curve: a run's snapshots scored on real photos against images seen.
 
     python -m benchmarks.learning_curve RUN/snapshots/*.pt [--start-engine engines/weights/classification.pt]
-        [--photos ../shared/data/photos-dev] [--start 0] [--limit 100] [--out benchmarks/results]
+        [--series NAME BRANCH/snapshots/*.pt ...] [--photos ../shared/data/photos-dev] [--start 0]
+        [--limit 100] [--out benchmarks/results]
 
 Each snapshot (``keep_snapshots = true`` in a recipe writes one per validation) colours the photos
 through the CLI's pipeline, as ``benchmarks.quality`` does, and is scored beside an all-gray
 prediction: plain and rebalanced AuC minus gray's, colourfulness over the originals', mean a* on
 truly green pixels and false colour on truly neutral ones (``engines.metrics.ColourFidelity``).
 The x axis is the images the run has seen (its ``trained_on.images_seen``); ``--start-engine``, the
-engine the run was warm-started from, is the point at 0.
+engine the run was warm-started from, is the point at 0. ``--series NAME FILE...`` (repeatable) draws another run or branch beside it, on
+the same x axis (a branch's snapshots count the images of the run it branched from).
 
 By default the photos are the tuning split (0-99 by sorted name): the curve is for choosing between
 designs and steps, so it must not be drawn on the photos the project reports (100-199, see
@@ -59,22 +61,23 @@ def score_key(path: Path, photos_dir: Path, start: int, limit: int, options: dic
     return f"{digest} {photos_dir.name} {start}+{limit} T{options['temperature']:g} B{options['correction']:g}"
 
 
-def plot(points: list[dict], gray: dict, true_colourful: float, path: Path, title: str) -> None:
+def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path: Path, title: str) -> None:
+    """One panel per figure, one line per series (``{name: points}``), with the issue's targets."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    x = [p["images"] / 1e6 for p in points]
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6))
     panels = [
-        ("AuC minus gray", [p["auc"] - gray["auc"] for p in points], 1.0),
-        ("rebalanced AuC minus gray", [p["auc_rebal"] - gray["auc_rebal"] for p in points], 6.0),
-        ("colourfulness / originals'", [p["colourfulness"] / true_colourful for p in points], 0.8),
-        ("mean a* on truly green pixels", [p["green_a"] for p in points], -8.0),
+        ("AuC minus gray", lambda p: p["auc"] - gray["auc"], 1.0),
+        ("rebalanced AuC minus gray", lambda p: p["auc_rebal"] - gray["auc_rebal"], 6.0),
+        ("colourfulness / originals'", lambda p: p["colourfulness"] / true_colourful, 0.8),
+        ("mean a* on truly green pixels", lambda p: p["green_a"], -8.0),
     ]
     for ax, (label, y, target) in zip(axes, panels):
-        ax.plot(x, y, "o-")
+        for name, points in series.items():
+            ax.plot([p["images"] / 1e6 for p in points], [y(p) for p in points], "o-", ms=4, label=name)
         ax.axhline(target, color="tab:green", ls="--", lw=1, label=f"target {target:g}")
         if label.startswith(("AuC", "rebal")):
             ax.axhline(0, color="gray", lw=1)
@@ -100,7 +103,13 @@ def main() -> None:
     p.add_argument("--correction", type=float, default=0.45, help="classification decoding (the shipped engine's)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--rescore", action="store_true", help="score every snapshot again, ignoring kept scores")
+    p.add_argument("--name", default="run", help="the positional snapshots' name in the plot")
+    p.add_argument(
+        "--series", nargs="+", action="append", default=[], metavar=("NAME", "FILE"), help="another run or branch"
+    )
     args = p.parse_args()
+    if any(len(group) < 2 for group in args.series):
+        p.error("--series takes a name and at least one snapshot")
 
     torch.set_num_threads(1)
     photos = load_photos(args.photos, args.start, args.limit)
@@ -111,27 +120,28 @@ def main() -> None:
     true_colourful = float(
         np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()])
     )
-    points = []
-    # A snapshot named twice (two overlapping shell globs) must not draw its point twice.
-    snapshots = sorted({path.resolve(): path for path in args.snapshots}.values())
-    paths = ([args.start_engine] if args.start_engine else []) + snapshots
     kept_path = args.out / "learning_curve-scores.json"
     kept = {} if args.rescore or not kept_path.exists() else json.loads(kept_path.read_text())
-    for i, path in enumerate(paths):
-        key = score_key(path, args.photos, args.start, args.limit, options)
-        if key not in kept:
-            kept[key] = {
-                k: v if isinstance(v, str) else float(v)
-                for k, v in score(path, photos, weights, options, backend).items()
-            }
-        r = kept[key]
-        n = 0 if (args.start_engine and i == 0) else images_seen(checkpoint.load(path))
-        points.append({"images": n, "name": path.name, **r})
-        print(
-            f"{path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}",
-            flush=True,
-        )
-    points.sort(key=lambda q: q["images"])
+    start = [args.start_engine] if args.start_engine else []
+    series = {}
+    for name, files in [(args.name, args.snapshots), *((g[0], [Path(f) for f in g[1:]]) for g in args.series)]:
+        # A snapshot named twice (two overlapping shell globs) must not draw its point twice.
+        snapshots = sorted({path.resolve(): path for path in files}.values())
+        points = []
+        for path in start + snapshots:
+            key = score_key(path, args.photos, args.start, args.limit, options)
+            if key not in kept:
+                kept[key] = {
+                    k: v if isinstance(v, str) else float(v)
+                    for k, v in score(path, photos, weights, options, backend).items()
+                }
+            r = kept[key]
+            n = 0 if path is args.start_engine else images_seen(checkpoint.load(path))
+            points.append({"images": n, "name": path.name, **r})
+            print(f"{name} {path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, ", end="")
+            print(f"rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}", flush=True)
+        series[name] = sorted(points, key=lambda q: q["images"])
+        start = []  # the start engine is drawn once, in the first series
 
     photos_label = f"photos {args.start}-{args.start + len(photos) - 1} of `{args.photos.name}`"
     lines = [
@@ -143,25 +153,27 @@ def main() -> None:
             f"All-gray: AuC {gray['auc']:.2f}, rebalanced {gray['auc_rebal']:.2f}; originals' colourfulness "
             f"{true_colourful:.1f}, mean a* on their green pixels {gray['green_a_true']:.1f}. Machine: "
             f"{platform.machine()} CPU, torch {torch.__version__}, commit {current_commit()}. Command: "
-            "`python -m benchmarks.learning_curve " + " ".join(str(a) for a in [*paths[:1], "..."]) + "`."
+            "`python -m benchmarks.learning_curve " + f"{args.start_engine or args.snapshots[0]} ..." + "`."
         ),
         "",
         (
-            "| weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
+            "| series | weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
             "| mean a* on green pixels | truly neutral among chroma > 25 (%) |"
         ),
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for q in points:
-        false_colour = "n/a" if math.isnan(q["false_colour"]) else f"{q['false_colour']:.1f}"
-        lines.append(
-            f"| {q['name']} | {q['images']:,} | {q['auc'] - gray['auc']:+.2f} | {q['auc_rebal'] - gray['auc_rebal']:+.2f} "
-            f"| {q['colourfulness'] / true_colourful:.2f} | {q['green_a']:.1f} | {false_colour} |"
-        )
+    for name, points in series.items():
+        for q in points:
+            false_colour = "n/a" if math.isnan(q["false_colour"]) else f"{q['false_colour']:.1f}"
+            lines.append(
+                f"| {name} | {q['name']} | {q['images']:,} | {q['auc'] - gray['auc']:+.2f} "
+                f"| {q['auc_rebal'] - gray['auc_rebal']:+.2f} | {q['colourfulness'] / true_colourful:.2f} "
+                f"| {q['green_a']:.1f} | {false_colour} |"
+            )
     args.out.mkdir(parents=True, exist_ok=True)
     write_text(kept_path, json.dumps(kept, indent=1, sort_keys=True) + "\n")
     write_text(args.out / "learning_curve.md", "\n".join(lines) + "\n")
-    plot(points, gray, true_colourful, args.out / "learning_curve.png", f"Learning curve on {photos_label}")
+    plot(series, gray, true_colourful, args.out / "learning_curve.png", f"Learning curve on {photos_label}")
     print("\n".join(lines))
 
 

@@ -127,7 +127,7 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
     snaps = sorted((tmp_path / "run" / "snapshots").iterdir())
     root = Path(__file__).resolve().parents[1]
 
-    def curve(*snapshots: Path) -> list[str]:
+    def curve(*snapshots: Path, extra: tuple[str, ...] = ()) -> list[str]:
         r = subprocess.run(
             [
                 sys.executable,
@@ -142,6 +142,7 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
                 "2",
                 "--out",
                 str(tmp_path / "out"),
+                *extra,
             ],
             cwd=root,
             capture_output=True,
@@ -151,11 +152,18 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
         )
         assert r.returncode == 0, r.stderr[-2000:]
         md = (tmp_path / "out" / "learning_curve.md").read_text()
-        return [line for line in md.splitlines() if line.startswith("| step-")]
+        return [line for line in md.splitlines() if " | step-" in line]
 
-    rows = curve(*reversed(snaps), snaps[-1])  # the last named twice: drawn once
+    # The last named twice: drawn once. A second series (a branch) has its own rows, without the start.
+    rows = curve(*reversed(snaps), snaps[-1], extra=("--series", "branch", str(snaps[-1])))
     # The start engine at 0, then the snapshots in order of images seen (4 and 8 steps of 4).
-    assert [row.split(" | ")[1] for row in rows] == ["0", "16", "32"]
+    assert [row.split(" | ")[:3] for row in rows] == [
+        ["| run", "step-0000004.pt", "0"],
+        ["| run", "step-0000004.pt", "16"],
+        ["| run", "step-0000008.pt", "32"],
+        ["| branch", "step-0000008.pt", "32"],
+    ]
+    rows = rows[:3]
     assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 1000
     # Scores are kept by content: a doctored kept score is what the next drawing shows (nothing rescored).
     kept_path = tmp_path / "out" / "learning_curve-scores.json"
@@ -165,6 +173,6 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
         value["auc"] += 50.0
     kept_path.write_text(json.dumps(kept))
     again = curve(*snaps)
-    assert [float(row.split(" | ")[2]) for row in again] == pytest.approx(
-        [float(row.split(" | ")[2]) + 50 for row in rows]
+    assert [float(row.split(" | ")[3]) for row in again] == pytest.approx(
+        [float(row.split(" | ")[3]) + 50 for row in rows]
     )
