@@ -24,8 +24,8 @@ from engines.models.unet import UNet, UNetConfig
 from engines.pipeline import Colorizer
 from engines.video import temporal
 from engines.video.film import VideoOptions, colorize_video
-from engines.video.stages import _FrameLightness, compose_rgb, lightness_of_rgb_u8
-from engines.video.streams import VideoError, _frame_to_rgb, is_video
+from engines.video.stages import _FrameLightness, _plane_u8, compose_rgb, compose_yuv420, lightness_of_rgb_u8
+from engines.video.streams import VideoError, _frame_to_rgb, encoder_frame_to_rgb, is_video, rgb_to_encoder_frame
 
 NTSC = Fraction(30000, 1001)
 FAST = VideoOptions(crf=1, batch_size=4)
@@ -327,6 +327,52 @@ def test_compose_rgb_is_lab_to_rgb_keep_lightness_in_8_bits(rng, layout):
     # The same gamut mapping; the 8-bit encoding differs only where a value is within float rounding of a level boundary.
     assert diff.max() <= 1
     assert (diff > 0).mean() < 1e-3
+
+
+def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
+    """A black-and-white source's frames are composed straight into 4:2:0 (``compose_yuv420``): gray
+    keeps its luma exactly, and colour differs from composing RGB at full size and converting by about
+    what 4:2:0 itself loses."""
+    h, w = 48, 64
+    detail = np.repeat(rng.random((h, w, 1)), 3, axis=2)  # pixel-level detail on smooth shapes
+    gray_rgb = ((0.7 * _texture(rng, h, w, colour=False) + 0.3 * detail) * 255).round().astype(np.uint8)
+    frame = av.VideoFrame.from_ndarray(gray_rgb, format="rgb24").reformat(format="yuv420p")
+    l, gray_luma = _FrameLightness(w, h)(frame)
+    truth = _texture(rng, h, w)  # a smooth colour field like an engine's
+    ab = color.rgb_to_lab(torch.from_numpy(truth).permute(2, 0, 1).float())[1:]  # |ab| ~50, some out of gamut
+    ideal = compose_rgb(l, ab)  # full-size RGB, before any subsampling
+    via_rgb = encoder_frame_to_rgb(rgb_to_encoder_frame(ideal, "yuv420p"))
+    out = compose_yuv420(l, ab, gray_luma)
+    assert out.format.name == "yuv420p" and (out.width, out.height) == (w, h)
+    assert (int(out.colorspace), int(out.color_range), int(out.color_trc), int(out.color_primaries)) == (1, 1, 1, 1)
+    direct = encoder_frame_to_rgb(out)
+    loss_rgb = np.abs(via_rgb.astype(int) - ideal).mean()
+    loss_direct = np.abs(direct.astype(int) - ideal).mean()
+    # Colour that changes within a few pixels loses several levels to 4:2:0 either way (about 6 here,
+    # 1.2 on a real frame with an engine's smooth chroma); composing at chroma resolution loses no more.
+    assert loss_direct < 1.05 * loss_rgb, (loss_direct, loss_rgb)
+    assert np.abs(direct.astype(int) - via_rgb).mean() < 0.5 * loss_rgb
+    # Zero chroma: the luma plane is the gray's, exactly, and the chroma neutral.
+    neutral = compose_yuv420(l, torch.zeros_like(ab), gray_luma)
+    planes = [_plane_u8(p) for p in neutral.planes]
+    assert np.array_equal(planes[0], gray_luma)
+    assert np.abs(planes[1].astype(int) - 128).max() <= 1 and np.abs(planes[2].astype(int) - 128).max() <= 1
+
+
+def test_black_and_white_films_are_composed_in_yuv420_and_colour_ones_in_rgb(tmp_path, engine, monkeypatch):
+    from engines.video import stages
+
+    calls = []
+    real = stages.compose_yuv420
+    monkeypatch.setattr(stages, "compose_yuv420", lambda *a: calls.append(1) or real(*a))
+    base = _texture(np.random.default_rng(4), 48, 64, colour=False)
+    make_clip(tmp_path / "bw.mp4", [(np.roll(base, i, axis=1) * 255).round().astype(np.uint8) for i in range(5)])
+    colorize_video(tmp_path / "bw.mp4", tmp_path / "bw-out.mp4", engine.predict_ab, FAST)
+    assert len(calls) == 5
+    colour = _texture(np.random.default_rng(5), 48, 64)
+    make_clip(tmp_path / "c.mp4", [(np.roll(colour, i, axis=1) * 255).round().astype(np.uint8) for i in range(5)])
+    colorize_video(tmp_path / "c.mp4", tmp_path / "c-out.mp4", engine.predict_ab, FAST)
+    assert len(calls) == 5
 
 
 def test_gray_lightness_shortcut_matches_the_formula(rng):
@@ -748,13 +794,14 @@ def test_gray_frames_take_lightness_from_the_y_plane_exactly(rng, fmt):
     rgb = _frame_to_rgb(frame, w, h)
     assert (rgb == rgb[..., :1]).all()  # a gray frame
     via_rgb = color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))  # the R = G = B table
-    assert reader._from_luma(frame) is not None
-    assert torch.equal(reader(frame), via_rgb)
+    l, gray_luma = reader(frame)
+    assert torch.equal(l, via_rgb)
+    # The luma the output's gray gets, by table: what the RGB path's conversion writes for that gray.
+    assert np.array_equal(gray_luma, _plane_u8(rgb_to_encoder_frame(rgb, "yuv444p").planes[0]))
     # One chroma sample off neutral: not gray, so the RGB path, which still agrees to float rounding.
     tinted = _yuv_frame(fmt, w, h, luma)
     np.frombuffer(tinted.planes[1], np.uint8)[0] = 129
-    assert reader._from_luma(tinted) is None
+    l_t, gray_luma_t = reader(tinted)
+    assert gray_luma_t is None
     rgb_t = _frame_to_rgb(tinted, w, h)
-    assert torch.allclose(
-        reader(tinted), color.rgb_u8_to_lightness(torch.from_numpy(rgb_t).permute(2, 0, 1)), atol=1e-4
-    )
+    assert torch.allclose(l_t, color.rgb_u8_to_lightness(torch.from_numpy(rgb_t).permute(2, 0, 1)), atol=1e-4)

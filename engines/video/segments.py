@@ -45,6 +45,7 @@ from engines.video.streams import (
     _reason,
     _Route,
     add_video_encoder,
+    encoder_frame_to_rgb,
     rgb_to_encoder_frame,
 )
 
@@ -98,7 +99,8 @@ class _SegmentWriter:
     def __init__(self, work, fmt, options, probe, vin, rate, pix_fmt, segment, last_rgb):
         self.work, self.fmt, self.options, self.probe = work, fmt, options, probe
         self.vin, self.rate, self.pix_fmt, self.segment = vin, rate, pix_fmt, segment
-        self.last_rgb = last_rgb  # the previous output frame, for bridging
+        self._last_rgb = last_rgb  # the previous output frame, for bridging (see ``last_rgb``)
+        self._last_out: av.VideoFrame | None = None
         self.index = work.frames  # the next output frame's number
         self.waiting: list[_Bridge] = []  # bridges before the first good frame
         self.current: _Segment | None = None
@@ -125,13 +127,20 @@ class _SegmentWriter:
         if self.index % self.segment == 0:
             self._commit(state, wait=False)
 
+    @property
+    def last_rgb(self) -> np.ndarray | None:
+        """The previous output frame's RGB: what a bridge repeats, and what a resumed run bridges from."""
+        if self._last_rgb is None and self._last_out is not None:  # composed in YUV: converted when needed
+            self._last_rgb = encoder_frame_to_rgb(self._last_out)
+        return self._last_rgb
+
     def write(self, item: _Frame | _Bridge) -> None:
         if isinstance(item, _Frame):
+            self._last_rgb, self._last_out = item.rgb_out, item.out
             for bridge in self.waiting:
-                frame = rgb_to_encoder_frame(item.rgb_out, self.pix_fmt)
+                frame = rgb_to_encoder_frame(self.last_rgb, self.pix_fmt)
                 self._encode(frame, bridge.pts, bridge.duration, True, bridge.state)
             self.waiting.clear()
-            self.last_rgb = item.rgb_out
             self._encode(item.out, item.pts, item.duration, False, item.state)
         elif self.last_rgb is None:
             self.waiting.append(item)

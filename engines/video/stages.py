@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from engines import color
-from engines.video.streams import _frame_to_rgb, _Probe, _reason, decode_colorspace, rgb_to_encoder_frame
+from engines.video.streams import (
+    _frame_to_rgb,
+    _Probe,
+    _reason,
+    decode_colorspace,
+    rgb_to_encoder_frame,
+    tag_encoder_frame,
+)
 from engines.video.temporal import ChromaSmoother
 
 _JOIN_SECONDS = 30.0
@@ -32,9 +39,12 @@ class _Frame:
     duration: int
     index: int = 0  # position in the output film (frames and bridges alike)
     l: torch.Tensor | None = None  # (1, H, W) float32 CIELAB L of the decoded frame
+    # (H, W) uint8: the BT.709 limited-range luma of the frame's gray, for black-and-white sources
+    # (``_FrameLightness``); the 4:2:0 compose keeps it (``compose_yuv420``).
+    gray_luma: np.ndarray | None = None
     ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
     out: av.VideoFrame | None = None  # in the encoder's pixel format
-    rgb_out: np.ndarray | None = None  # (H, W, 3) uint8, kept for bridging
+    rgb_out: np.ndarray | None = None  # (H, W, 3) uint8 when composed in RGB (else ``out`` stands for it)
     state: dict | None = None  # on the last item of a segment: the smoother's state after it
 
 
@@ -162,7 +172,8 @@ def _read_stage(
         else:
             if (frame.width, frame.height) != (probe.width, probe.height):
                 stats.resized += 1
-            put(_Frame(pts, duration, l=lightness(frame)))
+            l, gray_luma = lightness(frame)
+            put(_Frame(pts, duration, l=l, gray_luma=gray_luma))
             stats.decoded += 1
         last_pts, last_duration = pts, duration
 
@@ -278,19 +289,26 @@ class _FrameLightness:
     plane. The table is learnt from swscale itself, converting a frame of every Y level with the
     same format, size, matrix and range as the RGB path would, so the L is the RGB path's exactly;
     should that conversion not be a per-level gray map, every frame takes the RGB path.
+
+    For such frames it also gives the luma the output's gray would have (BT.709 limited range, as
+    ``rgb_to_encoder_frame`` writes it), by a second table from the same Y plane.
     """
 
     def __init__(self, width: int, height: int):
         self.width, self.height = width, height
-        self._tables: dict[tuple, np.ndarray | None] = {}
+        self._tables: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
 
-    def __call__(self, frame: av.VideoFrame) -> torch.Tensor:
-        l = self._from_luma(frame)
-        if l is None:
+    def __call__(self, frame: av.VideoFrame) -> tuple[torch.Tensor, np.ndarray | None]:
+        """``(L (1, H, W), gray luma (H, W) uint8 or None)``; the luma for black-and-white sources only."""
+        tables = self._tables_for(frame)
+        if tables is None:
             l = color.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
-        return torch.from_numpy(l)[None]
+            return torch.from_numpy(l)[None], None
+        y = _plane_u8(frame.planes[0])
+        return torch.from_numpy(cv2.LUT(y, tables[0]))[None], cv2.LUT(y, tables[1])
 
-    def _from_luma(self, frame: av.VideoFrame) -> np.ndarray | None:
+    def _tables_for(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
+        """The (L, output luma) tables of a black-and-white frame's Y levels, or None for other frames."""
         name = frame.format.name
         if name not in _PLANAR_YUV or (frame.width, frame.height) != (self.width, self.height):
             return None
@@ -300,11 +318,10 @@ class _FrameLightness:
                 return None
         key = (name, *decode_colorspace(frame))
         if key not in self._tables:
-            self._tables[key] = self._learn_table(name, frame)
-        table = self._tables[key]
-        return None if table is None else cv2.LUT(_plane_u8(frame.planes[0]), table)
+            self._tables[key] = self._learn_tables(name, frame)
+        return self._tables[key]
 
-    def _learn_table(self, name: str, like: av.VideoFrame) -> np.ndarray | None:
+    def _learn_tables(self, name: str, like: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
         probe = av.VideoFrame(self.width, self.height, name)
         rows, cols = np.mgrid[: self.height, : self.width]
         luma = ((cols + 37 * rows) % 256).astype(np.uint8)  # every level, in every column phase
@@ -317,7 +334,13 @@ class _FrameLightness:
         levels[luma.ravel()] = rgb[..., 0].ravel()
         if not ((rgb == rgb[..., :1]).all() and np.array_equal(levels[luma], rgb[..., 0])):
             return None
-        return color.gray_u8_lightness_table(levels)
+        return color.gray_u8_lightness_table(levels), levels_to_output_luma()[levels]
+
+
+def levels_to_output_luma() -> np.ndarray:
+    """(256,) uint8: the luma ``rgb_to_encoder_frame`` gives a gray of each sRGB level."""
+    ramp = np.repeat(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, 2), 2, 0)  # (2, 256, 3)
+    return _plane_u8(rgb_to_encoder_frame(ramp, "yuv444p").planes[0])[0].copy()
 
 
 def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
@@ -326,15 +349,48 @@ def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
     return color.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
 
 
+def compose_yuv420(l: torch.Tensor, ab: torch.Tensor, gray_luma: np.ndarray) -> av.VideoFrame:
+    """L ``(1, H, W)`` + ab ``(2, H, W)`` + the gray's luma ``(H, W)`` (even sizes) -> a yuv420p frame
+    (BT.709 limited range), composing colour at the chroma planes' resolution only.
+
+    4:2:0 keeps one chroma sample per 2x2 block, so RGB at full size (``compose_rgb``, then swscale)
+    computes four times the colour that the file can hold. Here L and ab are averaged over each block
+    and composed there (L kept, as ``compose_rgb``), once with their ab and once gray; the block's
+    U and V are those of its colour, and its luma shift (colour's luma minus gray's) is upsampled onto
+    the full-size gray luma. So a gray pixel keeps its luma exactly, detail stays at full resolution,
+    and the colour work runs on a quarter of the pixels; the difference from ``compose_rgb`` is
+    bounded in tests.
+    """
+    h, w = gray_luma.shape
+    size = (w // 2, h // 2)
+    l_half = cv2.resize(l[0].numpy(), size, interpolation=cv2.INTER_AREA)
+    ab_half = cv2.resize(np.ascontiguousarray(ab.permute(1, 2, 0).numpy()), size, interpolation=cv2.INTER_AREA)
+    # Colour above, gray below: one compose and one swscale pass for both.
+    both = color.lab_hwc_to_rgb_u8_keep_lightness(
+        np.concatenate((l_half, l_half)), np.concatenate((ab_half, np.zeros_like(ab_half)))
+    )
+    planes = [_plane_u8(p) for p in rgb_to_encoder_frame(both, "yuv444p").planes]
+    half = h // 2
+    shift = cv2.subtract(planes[0][:half], planes[0][half:], dtype=cv2.CV_16S)
+    luma = cv2.add(gray_luma, cv2.resize(shift, (w, h), interpolation=cv2.INTER_LINEAR), dtype=cv2.CV_8U)
+    frame = av.VideoFrame(w, h, "yuv420p")
+    for plane, values in zip(frame.planes, (luma, planes[1][:half], planes[2][:half])):
+        _plane_u8(plane)[:] = values
+    return tag_encoder_frame(frame)
+
+
 def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:
-    """Recombine L and ab into RGB, convert to the encoder's format."""
+    """Recombine L and ab into the encoder's format: at chroma resolution for a black-and-white
+    source into yuv420p (``compose_yuv420``), else into RGB and then converted."""
     while True:
         item = w.get(q_in)
         if isinstance(item, _Frame):
-            rgb_u8 = compose_rgb(item.l, item.ab)
-            item.l = item.ab = None
-            item.out = rgb_to_encoder_frame(rgb_u8, pix_fmt)
-            item.rgb_out = rgb_u8
+            if item.gray_luma is not None and pix_fmt == "yuv420p":
+                item.out = compose_yuv420(item.l, item.ab, item.gray_luma)
+            else:
+                item.rgb_out = compose_rgb(item.l, item.ab)
+                item.out = rgb_to_encoder_frame(item.rgb_out, pix_fmt)
+            item.l = item.ab = item.gray_luma = None
         w.put(q_out, item)
         if item is _END:
             return

@@ -236,6 +236,18 @@ def add_video_encoder(
     return stream
 
 
+def tag_encoder_frame(frame: av.VideoFrame) -> av.VideoFrame:
+    """Tag a frame made sample by sample as ``rgb_to_encoder_frame``'s are: BT.709, limited range."""
+    frame.colorspace, frame.color_range = _AVCOL_SPC_BT709, ColorRange.MPEG
+    frame.color_trc, frame.color_primaries = _AVCOL_TRC_BT709, _AVCOL_PRI_BT709
+    return frame
+
+
+def encoder_frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """An output frame (BT.709 limited range) back to RGB ``(H, W, 3)`` uint8: a bridge's picture."""
+    return frame.to_ndarray(format="rgb24", src_colorspace=Colorspace.ITU709, src_color_range=ColorRange.MPEG)
+
+
 def rgb_to_encoder_frame(rgb_u8: np.ndarray, pix_fmt: str) -> av.VideoFrame:
     """RGB ``(H, W, 3)`` uint8 -> a frame in ``pix_fmt``, BT.709 limited range, tagged."""
     frame = av.VideoFrame.from_ndarray(rgb_u8, format="rgb24")
