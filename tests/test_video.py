@@ -15,6 +15,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -342,7 +343,10 @@ def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
     ab = color.rgb_to_lab(torch.from_numpy(truth).permute(2, 0, 1).float())[1:]  # |ab| ~50, some out of gamut
     ideal = compose_rgb(l, ab)  # full-size RGB, before any subsampling
     via_rgb = encoder_frame_to_rgb(rgb_to_encoder_frame(ideal, "yuv420p"))
-    out = compose_yuv420(l, ab, gray_luma)
+    half = (w // 2, h // 2)
+    l_half = torch.from_numpy(cv2.resize(l[0].numpy(), half, interpolation=cv2.INTER_AREA))[None]
+    ab_half = torch.from_numpy(cv2.resize(ab.permute(1, 2, 0).numpy(), half, interpolation=cv2.INTER_AREA))
+    out = compose_yuv420(l_half, ab_half.permute(2, 0, 1), gray_luma)
     assert out.format.name == "yuv420p" and (out.width, out.height) == (w, h)
     assert (int(out.colorspace), int(out.color_range), int(out.color_trc), int(out.color_primaries)) == (1, 1, 1, 1)
     direct = encoder_frame_to_rgb(out)
@@ -353,26 +357,34 @@ def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
     assert loss_direct < 1.05 * loss_rgb, (loss_direct, loss_rgb)
     assert np.abs(direct.astype(int) - via_rgb).mean() < 0.5 * loss_rgb
     # Zero chroma: the luma plane is the gray's, exactly, and the chroma neutral.
-    neutral = compose_yuv420(l, torch.zeros_like(ab), gray_luma)
+    neutral = compose_yuv420(l_half, torch.zeros_like(ab_half).permute(2, 0, 1), gray_luma)
     planes = [_plane_u8(p) for p in neutral.planes]
     assert np.array_equal(planes[0], gray_luma)
     assert np.abs(planes[1].astype(int) - 128).max() <= 1 and np.abs(planes[2].astype(int) - 128).max() <= 1
 
 
-def test_black_and_white_films_are_composed_in_yuv420_and_colour_ones_in_rgb(tmp_path, engine, monkeypatch):
-    from engines.video import stages
+def test_4_2_0_films_colour_at_chroma_resolution_with_full_size_luma(tmp_path):
+    """The engine sees L at half size in 4:2:0 films; the output's luma keeps the input's full-size
+    detail, exactly where the engine gives gray, for black-and-white and colour sources alike."""
+    sizes = []
 
-    calls = []
-    real = stages.compose_yuv420
-    monkeypatch.setattr(stages, "compose_yuv420", lambda *a: calls.append(1) or real(*a))
-    base = _texture(np.random.default_rng(4), 48, 64, colour=False)
-    make_clip(tmp_path / "bw.mp4", [(np.roll(base, i, axis=1) * 255).round().astype(np.uint8) for i in range(5)])
-    colorize_video(tmp_path / "bw.mp4", tmp_path / "bw-out.mp4", engine.predict_ab, FAST)
-    assert len(calls) == 5
-    colour = _texture(np.random.default_rng(5), 48, 64)
-    make_clip(tmp_path / "c.mp4", [(np.roll(colour, i, axis=1) * 255).round().astype(np.uint8) for i in range(5)])
-    colorize_video(tmp_path / "c.mp4", tmp_path / "c-out.mp4", engine.predict_ab, FAST)
-    assert len(calls) == 5
+    def gray_engine(l: torch.Tensor) -> torch.Tensor:
+        sizes.append(tuple(l.shape[-2:]))
+        return torch.zeros(l.shape[0], 2, *l.shape[-2:])
+
+    rng = np.random.default_rng(4)
+    detail = np.repeat(rng.random((48, 64, 1)), 3, axis=2)
+    base = 0.6 * _texture(rng, 48, 64, colour=False) + 0.4 * detail
+    frames = [(np.roll(base, i, axis=1) * 255).round().astype(np.uint8) for i in range(5)]
+    make_clip(tmp_path / "bw.mkv", frames, codec="ffv1", pix_fmt="yuv420p")  # lossless, so Y is known
+    colorize_video(tmp_path / "bw.mkv", tmp_path / "bw-out.mkv", gray_engine, VideoOptions(codec="ffv1"))
+    assert set(sizes) == {(24, 32)}
+    with av.open(str(tmp_path / "bw.mkv")) as a, av.open(str(tmp_path / "bw-out.mkv")) as b:
+        for fa, fb in zip(a.decode(video=0), b.decode(video=0), strict=True):
+            assert fb.format.name == "yuv420p"
+            ya, yb = _plane_u8(fa.planes[0]).astype(int), _plane_u8(fb.planes[0]).astype(int)
+            # Limited range in, limited range out, gray out: the luma is the input's.
+            assert np.abs(ya - yb).max() <= 1
 
 
 def test_gray_lightness_shortcut_matches_the_formula(rng):

@@ -5,9 +5,12 @@ QuickTime (by ``dst``'s suffix). The first video stream is colourised; every oth
 
 Data flow (four threads, bounded queues, so memory does not grow with the film's length)::
 
-    read:    demux -> decode -> RGB (explicit matrix and range) -> CIELAB L ---------------> q1
+    read:    demux -> decode -> CIELAB L (from Y by table for black-and-white sources, else
+             via RGB with explicit matrix and range); for 4:2:0 output, L at the chroma
+             planes' resolution and the full-size luma of its gray ---------------------> q1
     analyse: batches of ``batch_size`` frames -> predict_ab -> temporal smoothing of ab ---> q2
-    compose: L + ab -> RGB (L kept) -> the encoder's YUV ---------------------------------> q3
+    compose: L + ab -> yuv420p at chroma resolution (L kept; ``stages.compose_yuv420``), or
+             for 4:4:4 output RGB (L kept) -> the encoder's YUV ------------------------> q3
     main:    encode into segment files (video packets only)
     then:    mux the segments' packets with the input's other streams (copied, in time order)
 
@@ -38,6 +41,11 @@ Decisions
   FFmpeg) play it, some hardware decoders do not, and the report says so.
 - Lightness: the output's CIELAB L is the input's (up to 8-bit and codec rounding); only ab comes from
   the engine, and smoothing touches only ab (see ``engines.video.temporal``).
+- Resolution of the colour: 4:2:0 output (even sizes, the default) holds one chroma sample per 2x2
+  block, so the engine's ab is upsampled, smoothed and composed at that resolution only, and the
+  luma keeps full-size detail (``stages.compose_yuv420``): the same picture, within what 4:2:0
+  itself loses (tests), for a quarter of the colour work. The engine's input is shrunk from the
+  half-size L, so a film under twice the working size sees the network at half its size.
 - Corrupt input: a packet the decoder rejects, or a frame it flags as damaged, is replaced by a copy of
   the previous output frame with the lost frame's timestamp, so frame count and timing stay intact
   (``VideoReport.corrupt_frames_bridged``). Frames a decoder drops *without* reporting an error
@@ -260,7 +268,7 @@ def _encode_segments(
     depth = batch + _QUEUE_SLACK
     q1, q2, q3 = queue.Queue(depth), queue.Queue(depth), queue.Queue(_QUEUE_SLACK)
     stats = _ReadStats()
-    w.spawn("read", _read_stage, w, inp, probe.index, probe, work.frames, q1, stats)
+    w.spawn("read", _read_stage, w, inp, probe.index, probe, pix_fmt, work.frames, q1, stats)
     w.spawn("analyse", _analyse_stage, w, predict_ab, batch, segment, smoother, q1, q2)
     w.spawn("compose", _compose_stage, w, pix_fmt, q2, q3)
     try:

@@ -38,10 +38,10 @@ class _Frame:
     pts: int
     duration: int
     index: int = 0  # position in the output film (frames and bridges alike)
-    l: torch.Tensor | None = None  # (1, H, W) float32 CIELAB L of the decoded frame
-    # (H, W) uint8: the BT.709 limited-range luma of the frame's gray, for black-and-white sources
-    # (``_FrameLightness``); the 4:2:0 compose keeps it (``compose_yuv420``).
-    gray_luma: np.ndarray | None = None
+    # (1, H, W) float32 CIELAB L of the decoded frame; for 4:2:0 output, at the chroma planes'
+    # resolution (H / 2, W / 2), with the full-size luma of its gray in ``gray_luma`` (``compose_yuv420``).
+    l: torch.Tensor | None = None
+    gray_luma: np.ndarray | None = None  # (H, W) uint8, BT.709 limited range
     ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
     out: av.VideoFrame | None = None  # in the encoder's pixel format
     rgb_out: np.ndarray | None = None  # (H, W, 3) uint8 when composed in RGB (else ``out`` stands for it)
@@ -134,10 +134,18 @@ class _ReadStats:
 
 
 def _read_stage(
-    w: _Workers, inp, video_index: int, probe: _Probe, skip: int, q_out: queue.Queue, stats: _ReadStats
+    w: _Workers,
+    inp,
+    video_index: int,
+    probe: _Probe,
+    pix_fmt: str,
+    skip: int,
+    q_out: queue.Queue,
+    stats: _ReadStats,
 ) -> None:
-    """Demux and decode the video stream to RGB; emit frames and bridges, numbered, except the first
-    ``skip`` (done by an earlier run: decoded, to keep the numbering, but not converted)."""
+    """Demux and decode the video stream to lightness (``_FrameLightness``, for the encoder's
+    ``pix_fmt``); emit frames and bridges, numbered, except the first ``skip`` (done by an earlier run:
+    decoded, to keep the numbering, but not converted)."""
     vstream = inp.streams[video_index]
     lost: list[tuple[int, int]] = []  # (pts, duration) of frames that failed, not yet emitted
     last_pts: int | None = None
@@ -151,7 +159,7 @@ def _read_stage(
             w.put(q_out, item)
         index += 1
 
-    lightness = _FrameLightness(probe.width, probe.height)
+    lightness = _FrameLightness(probe.width, probe.height, chroma_resolution=pix_fmt == "yuv420p")
 
     def emit_frame_or_bridge(pts: int | None, duration: int, frame: av.VideoFrame | None) -> None:
         nonlocal last_pts, last_duration
@@ -292,20 +300,30 @@ class _FrameLightness:
 
     For such frames it also gives the luma the output's gray would have (BT.709 limited range, as
     ``rgb_to_encoder_frame`` writes it), by a second table from the same Y plane.
+
+    ``chroma_resolution`` (4:2:0 output, even sizes): L comes averaged over 2x2 blocks, the resolution
+    the engine, the smoothing and the compose then work at, and every frame has its gray's luma (from
+    its composed gray when it is not a black-and-white frame); see ``compose_yuv420``.
     """
 
-    def __init__(self, width: int, height: int):
+    def __init__(self, width: int, height: int, chroma_resolution: bool = False):
         self.width, self.height = width, height
+        self.chroma_resolution = chroma_resolution
         self._tables: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
 
     def __call__(self, frame: av.VideoFrame) -> tuple[torch.Tensor, np.ndarray | None]:
-        """``(L (1, H, W), gray luma (H, W) uint8 or None)``; the luma for black-and-white sources only."""
+        """``(L (1, H, W), gray luma (H, W) uint8 or None)``; without ``chroma_resolution``, the luma for
+        black-and-white frames only."""
         tables = self._tables_for(frame)
         if tables is None:
             l = color.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
-            return torch.from_numpy(l)[None], None
-        y = _plane_u8(frame.planes[0])
-        return torch.from_numpy(cv2.LUT(y, tables[0]))[None], cv2.LUT(y, tables[1])
+            gray_luma = gray_luma_of_lightness(l) if self.chroma_resolution else None
+        else:
+            y = _plane_u8(frame.planes[0])
+            l, gray_luma = cv2.LUT(y, tables[0]), cv2.LUT(y, tables[1])
+        if self.chroma_resolution:
+            l = cv2.resize(l, (self.width // 2, self.height // 2), interpolation=cv2.INTER_AREA)
+        return torch.from_numpy(l)[None], gray_luma
 
     def _tables_for(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
         """The (L, output luma) tables of a black-and-white frame's Y levels, or None for other frames."""
@@ -337,6 +355,13 @@ class _FrameLightness:
         return color.gray_u8_lightness_table(levels), levels_to_output_luma()[levels]
 
 
+def gray_luma_of_lightness(l: np.ndarray) -> np.ndarray:
+    """L ``(H, W)`` float32 -> the luma (uint8, BT.709 limited range) of its gray as ``compose_rgb``
+    composes it: the luma a black-and-white frame's table gives."""
+    gray = color.lab_hwc_to_rgb_u8_keep_lightness(l, np.zeros((*l.shape, 2), np.float32))
+    return cv2.LUT(np.ascontiguousarray(gray[..., 0]), levels_to_output_luma())
+
+
 def levels_to_output_luma() -> np.ndarray:
     """(256,) uint8: the luma ``rgb_to_encoder_frame`` gives a gray of each sRGB level."""
     ramp = np.repeat(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, 2), 2, 0)  # (2, 256, 3)
@@ -349,22 +374,22 @@ def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
     return color.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
 
 
-def compose_yuv420(l: torch.Tensor, ab: torch.Tensor, gray_luma: np.ndarray) -> av.VideoFrame:
-    """L ``(1, H, W)`` + ab ``(2, H, W)`` + the gray's luma ``(H, W)`` (even sizes) -> a yuv420p frame
-    (BT.709 limited range), composing colour at the chroma planes' resolution only.
+def compose_yuv420(l_half: torch.Tensor, ab_half: torch.Tensor, gray_luma: np.ndarray) -> av.VideoFrame:
+    """L ``(1, H / 2, W / 2)`` averaged over 2x2 blocks + ab at that size + the gray's full-size luma
+    ``(H, W)`` -> a yuv420p frame (BT.709 limited range): colour composed at the chroma planes'
+    resolution only.
 
     4:2:0 keeps one chroma sample per 2x2 block, so RGB at full size (``compose_rgb``, then swscale)
-    computes four times the colour that the file can hold. Here L and ab are averaged over each block
-    and composed there (L kept, as ``compose_rgb``), once with their ab and once gray; the block's
-    U and V are those of its colour, and its luma shift (colour's luma minus gray's) is upsampled onto
-    the full-size gray luma. So a gray pixel keeps its luma exactly, detail stays at full resolution,
-    and the colour work runs on a quarter of the pixels; the difference from ``compose_rgb`` is
-    bounded in tests.
+    computes four times the colour that the file can hold, and the engine's ab upsampled to full size
+    and smoothed there is averaged away again. Here each block is composed (L kept, as
+    ``compose_rgb``) once with its ab and once gray; its U and V are those of its colour, and its luma
+    shift (colour's luma minus gray's) is upsampled onto the full-size gray luma. So a gray pixel keeps
+    its luma exactly, detail stays at full resolution, and the colour work runs on a quarter of the
+    pixels; the difference from the RGB path is bounded in tests.
     """
     h, w = gray_luma.shape
-    size = (w // 2, h // 2)
-    l_half = cv2.resize(l[0].numpy(), size, interpolation=cv2.INTER_AREA)
-    ab_half = cv2.resize(np.ascontiguousarray(ab.permute(1, 2, 0).numpy()), size, interpolation=cv2.INTER_AREA)
+    l_half = np.ascontiguousarray(l_half[0].numpy())
+    ab_half = np.ascontiguousarray(ab_half.permute(1, 2, 0).numpy())
     # Colour above, gray below: one compose and one swscale pass for both.
     both = color.lab_hwc_to_rgb_u8_keep_lightness(
         np.concatenate((l_half, l_half)), np.concatenate((ab_half, np.zeros_like(ab_half)))
@@ -380,12 +405,12 @@ def compose_yuv420(l: torch.Tensor, ab: torch.Tensor, gray_luma: np.ndarray) -> 
 
 
 def _compose_stage(w: _Workers, pix_fmt: str, q_in: queue.Queue, q_out: queue.Queue) -> None:
-    """Recombine L and ab into the encoder's format: at chroma resolution for a black-and-white
-    source into yuv420p (``compose_yuv420``), else into RGB and then converted."""
+    """Recombine L and ab into the encoder's format: into yuv420p at chroma resolution
+    (``compose_yuv420``), else into RGB and then converted."""
     while True:
         item = w.get(q_in)
         if isinstance(item, _Frame):
-            if item.gray_luma is not None and pix_fmt == "yuv420p":
+            if pix_fmt == "yuv420p":  # L and ab at chroma resolution (``_FrameLightness``)
                 item.out = compose_yuv420(item.l, item.ab, item.gray_luma)
             else:
                 item.rgb_out = compose_rgb(item.l, item.ab)
