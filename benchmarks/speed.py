@@ -249,7 +249,9 @@ def photos_section(args: argparse.Namespace) -> list[str]:
         f"{len(photos)} gray JPEGs made from `{args.photos_folder.name}` "
         f"({', '.join(f'{w}x{h}' for w, h in sizes)}), default engine, `--backend cpu`; "
         f"median of {args.repeat} interleaved runs per command; load average {load:.1f} before"
-        + (f", process {args.pause_pid} stopped during the timed runs ({paused_s:.0f} s)." if args.pause_pid else "."),
+        + (
+            f", processes {args.pause_pid} stopped during the timed runs ({paused_s:.0f} s)." if args.pause_pid else "."
+        ),
         f"Commit {current_commit()}, {time.strftime('%Y-%m-%d %H:%M')}, {os.cpu_count()} cores.",
         "",
         "| how | photos/s | this checkout's command is |",
@@ -319,7 +321,12 @@ def parse_args() -> argparse.Namespace:
         default=[],
         help="an older checkout to run the same command from (repeatable)",
     )
-    p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
+    p.add_argument(
+        "--pause-pid",
+        type=int,
+        action="append",
+        help="a process to stop (SIGSTOP) during the timed runs only (repeatable)",
+    )
     return p.parse_args()
 
 

@@ -78,14 +78,14 @@ def _with_descendants(pid: int) -> list[int]:
 
 
 @contextlib.contextmanager
-def paused(pid: int | None) -> Iterator[None]:
-    """SIGSTOP ``pid`` and its descendants for the duration (None: nothing), SIGCONT whatever happens.
-    Descendants too: a pid file may name the shell that started the real work (seen 2026-12-01, when
-    stopping only the shell left the training run using both cores during the timed runs)."""
-    if pid is None:
+def paused(pid: int | list[int] | None) -> Iterator[None]:
+    """SIGSTOP ``pid`` (or each of a list) and its descendants for the duration (None: nothing), SIGCONT
+    whatever happens. Descendants too: a pid file may name the shell that started the real work (seen
+    2026-12-01, when stopping only the shell left the training run using both cores during the timed runs)."""
+    if not pid:
         yield
         return
-    pids = _with_descendants(pid)
+    pids = [d for p in ([pid] if isinstance(pid, int) else pid) for d in _with_descendants(p)]
     try:
         for p in pids:
             with contextlib.suppress(ProcessLookupError):
@@ -285,7 +285,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--model", default="gan", help="engine of the whole-command run")
     p.add_argument("--root", type=Path, default=ROOT, help="checkout whose code the whole-command run uses")
-    p.add_argument("--pause-pid", type=int, help="a process to stop (SIGSTOP) during the timed runs only")
+    p.add_argument(
+        "--pause-pid",
+        type=int,
+        action="append",
+        help="a process to stop (SIGSTOP) during the timed runs only (repeatable)",
+    )
     p.add_argument("--skip-quality", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--calibrate-cuts", action="store_true")
@@ -308,7 +313,7 @@ def _speed_section(args: argparse.Namespace, load: tuple, clip: Path, predict_ab
         (
             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, load average "
             f"{load[0]:.1f} at the start"
-            + (f" (process {args.pause_pid} stopped during the timed runs)" if args.pause_pid else "")
+            + (f" (processes {args.pause_pid} stopped during the timed runs)" if args.pause_pid else "")
             + f"; torch {torch.__version__} ({args.threads} intra-op thread in process; the command uses its "
             f"default), PyAV {av.__version__} (FFmpeg libavcodec "
             f"{'.'.join(map(str, av.library_versions['libavcodec']))}), OpenCV {cv2.__version__}. "
