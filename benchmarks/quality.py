@@ -166,7 +166,11 @@ def main() -> None:
     results: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in gallery_names}}
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
-    candidates = [(e, None) for e in args.engine] + [(w.stem, w) for w in args.weights]
+    # Weights are labelled by file name, or by the last three parts of their path where two share a name
+    # (two runs' snapshots of the same step): each gets its own row.
+    stems = [w.stem for w in args.weights]
+    labels = [w.stem if stems.count(w.stem) == 1 else "/".join(w.with_suffix("").parts[-3:]) for w in args.weights]
+    candidates = [(e, None) for e in args.engine] + list(zip(labels, args.weights))
     for label, w in candidates:
         family = checkpoint.load(w if w is not None else get_spec(label).weights_path()).family
         temps = args.temperatures if family == "classification" and args.temperatures else [None]
