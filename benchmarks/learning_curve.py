@@ -61,6 +61,18 @@ def score_key(path: Path, photos_dir: Path, start: int, limit: int, options: dic
     return f"{digest} {photos_dir.name} {start}+{limit} T{options['temperature']:g} B{options['correction']:g}"
 
 
+def point(path: Path, is_start: bool, kept: dict, photos: dict, weights, options: dict, backend, args) -> dict:
+    """One snapshot's point: its scores (from ``kept`` when scored before, else scored and kept there)
+    and the images seen (0 for the start engine)."""
+    key = score_key(path, args.photos, args.start, args.limit, options)
+    if key not in kept:
+        kept[key] = {
+            k: v if isinstance(v, str) else float(v) for k, v in score(path, photos, weights, options, backend).items()
+        }
+    n = 0 if is_start else images_seen(checkpoint.load(path))
+    return {"images": n, "name": path.name, **kept[key]}
+
+
 def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path: Path, title: str) -> None:
     """One panel per figure, one line per series (``{name: points}``), with the issue's targets."""
     import matplotlib
@@ -127,19 +139,13 @@ def main() -> None:
     for name, files in [(args.name, args.snapshots), *((g[0], [Path(f) for f in g[1:]]) for g in args.series)]:
         # A snapshot named twice (two overlapping shell globs) must not draw its point twice.
         snapshots = sorted({path.resolve(): path for path in files}.values())
-        points = []
-        for path in start + snapshots:
-            key = score_key(path, args.photos, args.start, args.limit, options)
-            if key not in kept:
-                kept[key] = {
-                    k: v if isinstance(v, str) else float(v)
-                    for k, v in score(path, photos, weights, options, backend).items()
-                }
-            r = kept[key]
-            n = 0 if path is args.start_engine else images_seen(checkpoint.load(path))
-            points.append({"images": n, "name": path.name, **r})
-            print(f"{name} {path.name}: {n} images, AuC {r['auc'] - gray['auc']:+.2f}, ", end="")
-            print(f"rebal. {r['auc_rebal'] - gray['auc_rebal']:+.2f}", flush=True)
+        points = [
+            point(path, path is args.start_engine, kept, photos, weights, options, backend, args)
+            for path in start + snapshots
+        ]
+        for q in points:
+            print(f"{name} {q['name']}: {q['images']} images, AuC {q['auc'] - gray['auc']:+.2f}, ", end="")
+            print(f"rebal. {q['auc_rebal'] - gray['auc_rebal']:+.2f}", flush=True)
         series[name] = sorted(points, key=lambda q: q["images"])
         start = []  # the start engine is drawn once, in the first series
 

@@ -133,6 +133,13 @@ def record(results: dict[str, dict], held_out: str, true_colourful: float) -> No
         print(f"recorded in {path}")
 
 
+def weight_labels(paths: list[Path]) -> list[str]:
+    """Each weights file's row label: its name, or the last three parts of its path where two share a
+    name (two runs' snapshots of the same step), so that each gets its own row."""
+    stems = [w.stem for w in paths]
+    return [w.stem if stems.count(w.stem) == 1 else "/".join(w.with_suffix("").parts[-3:]) for w in paths]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
@@ -166,11 +173,7 @@ def main() -> None:
     results: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in gallery_names}}
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
-    # Weights are labelled by file name, or by the last three parts of their path where two share a name
-    # (two runs' snapshots of the same step): each gets its own row.
-    stems = [w.stem for w in args.weights]
-    labels = [w.stem if stems.count(w.stem) == 1 else "/".join(w.with_suffix("").parts[-3:]) for w in args.weights]
-    candidates = [(e, None) for e in args.engine] + list(zip(labels, args.weights))
+    candidates = [(e, None) for e in args.engine] + list(zip(weight_labels(args.weights), args.weights))
     for label, w in candidates:
         family = checkpoint.load(w if w is not None else get_spec(label).weights_path()).family
         temps = args.temperatures if family == "classification" and args.temperatures else [None]
