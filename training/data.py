@@ -228,7 +228,7 @@ def training_sets(
 ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Every source decoded and split: ``(train, validation)`` arrays, one per source, each training
     array listed ``repeats`` times (the same array, no copy), validation arrays once."""
-    train, val, _ = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
+    train, val, _, _ = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
     return train, val
 
 
@@ -237,26 +237,37 @@ def training_sets_with_classes(
 ) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray, list[str]]:
     """As ``training_sets``, and ``(labels, classes)``: each training image's class index (``class_of``;
     the classes every class found, sorted), concatenated in the order the sampler's indices count them."""
-    train, val, names = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
-    classes = sorted({class_of(n) for group in names for n in group})
-    labels = np.concatenate([class_labels(group, classes) for group in names]) if names else np.zeros(0, np.int64)
-    return train, val, labels, classes
+    train, val, names, _ = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
+    classes = _classes(names)
+    return train, val, _labels(names, classes), classes
 
 
 def _split_sources(
     sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
-) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]]]:
-    """``(train, validation, train names)``: ``training_sets``'s arrays and each training array's names."""
+) -> tuple[list[np.ndarray], list[np.ndarray], list[list[str]], list[list[str]]]:
+    """``(train, validation, train names, validation names)``: ``training_sets``'s arrays and each
+    array's image names."""
     for src in sources:  # all of them before decoding any: a typo in the last should not wait
         check_source(Path(src))
-    train, val, names = [], [], []
+    train, val, train_names, val_names = [], [], [], []
     for src, size, n in zip(sources, sizes, repeats or (1,) * len(sources)):
         images = load_source(Path(src), size, cache_dir)
         is_val = validation_mask(images.names, val_fraction)
         train += [images.rgb_u8[~is_val]] * n
-        names += [[name for name, v in zip(images.names, is_val) if not v]] * n
+        train_names += [[name for name, v in zip(images.names, is_val) if not v]] * n
         val.append(images.rgb_u8[is_val])
-    return train, val, names
+        val_names.append([name for name, v in zip(images.names, is_val) if v])
+    return train, val, train_names, val_names
+
+
+def _classes(groups: list[list[str]]) -> list[str]:
+    """Every class (``class_of``) among the names, sorted."""
+    return sorted({class_of(n) for group in groups for n in group})
+
+
+def _labels(groups: list[list[str]], classes: list[str]) -> np.ndarray:
+    """The names' class indices, concatenated in order."""
+    return np.concatenate([class_labels(group, classes) for group in groups]) if groups else np.zeros(0, np.int64)
 
 
 def class_of(name: str) -> str:
@@ -287,20 +298,11 @@ def labelled_sets(
     sources: tuple[str, ...], sizes: tuple[int, ...], repeats: tuple[int, ...], val_fraction: float, cache_dir: Path
 ) -> LabelledSets:
     """As ``training_sets``, with each image's class (``class_of``); the classes are every class found, sorted."""
-    for src in sources:
-        check_source(Path(src))
-    sets = [load_source(Path(src), size, cache_dir) for src, size in zip(sources, sizes)]
-    classes = sorted({class_of(n) for s in sets for n in s.names})
-    train, train_labels, val, val_labels = [], [], [], []
-    for s, n in zip(sets, repeats or (1,) * len(sets)):
-        labels, is_val = class_labels(s.names, classes), validation_mask(s.names, val_fraction)
-        train += [s.rgb_u8[~is_val]] * n
-        train_labels += [labels[~is_val]] * n
-        val.append(s.rgb_u8[is_val])
-        val_labels.append(labels[is_val])
+    train, val, train_names, val_names = _split_sources(sources, sizes, repeats, val_fraction, cache_dir)
     if not train or sum(len(t) for t in train) == 0:
         raise DataError("no colour training images found in the configured sources")
-    return LabelledSets(classes, train, np.concatenate(train_labels), np.concatenate(val), np.concatenate(val_labels))
+    classes = _classes([*train_names, *val_names])
+    return LabelledSets(classes, train, _labels(train_names, classes), np.concatenate(val), _labels(val_names, classes))
 
 
 def crop_params(n: int, gen: torch.Generator, min_scale: float = 0.5, flip: bool = True) -> torch.Tensor:

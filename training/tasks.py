@@ -197,6 +197,7 @@ class _Resumable:
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LRScheduler
     ema: WeightAverage | None = None
+    semantic: SemanticHead | None = None  # the colour families' semantic loss, when the recipe asks for it
 
     @property
     def eval_model(self) -> torch.nn.Module:
@@ -207,7 +208,7 @@ class _Resumable:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
         if self.ema is not None:
             state["ema"] = self.ema.model.state_dict()
-        if getattr(self, "semantic", None) is not None:
+        if self.semantic is not None:
             state["semantic"] = {"head": self.semantic.state_dict(), "opt": self.semantic_opt.state_dict()}
         return state
 
@@ -219,7 +220,7 @@ class _Resumable:
             # A run saved before it averaged starts its average from the weights it resumes with.
             self.ema.model.load_state_dict(state.get("ema", state["model"]))
         # A run saved without the semantic head (a branch of one) starts its head fresh.
-        if getattr(self, "semantic", None) is not None and "semantic" in state:
+        if self.semantic is not None and "semantic" in state:
             self.semantic.load_state_dict(state["semantic"]["head"])
             self.semantic_opt.load_state_dict(state["semantic"]["opt"])
 
@@ -239,7 +240,6 @@ class _SingleNetworkTask(_Resumable):
         ab_prior = given.prior
         self.cfg = cfg
         self.model = UNet(arch)
-        self.semantic: SemanticHead | None = None
         if cfg.class_loss_weight:
             if given.train_labels is None or not given.classes:
                 raise DataError("class_loss_weight needs the training images' classes (their folders)")

@@ -6,6 +6,7 @@ the encoder's pixel format. ``engines.video.film`` wires them together.
 from __future__ import annotations
 
 import contextlib
+import functools
 import queue
 import threading
 import time
@@ -362,10 +363,14 @@ def gray_luma_of_lightness(l: np.ndarray) -> np.ndarray:
     return cv2.LUT(np.ascontiguousarray(gray[..., 0]), levels_to_output_luma())
 
 
+@functools.cache
 def levels_to_output_luma() -> np.ndarray:
-    """(256,) uint8: the luma ``rgb_to_encoder_frame`` gives a gray of each sRGB level."""
+    """(256,) uint8: the luma ``rgb_to_encoder_frame`` gives a gray of each sRGB level (made once: colour
+    sources look it up every frame)."""
     ramp = np.repeat(np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, 2), 2, 0)  # (2, 256, 3)
-    return _plane_u8(rgb_to_encoder_frame(ramp, "yuv444p").planes[0])[0].copy()
+    table = _plane_u8(rgb_to_encoder_frame(ramp, "yuv444p").planes[0])[0].copy()
+    table.flags.writeable = False  # shared by every caller
+    return table
 
 
 def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
