@@ -183,6 +183,15 @@ def run(
     smoothing_strength: Annotated[
         float, typer.Option(min=0.0, max=0.95, help="Video: weight of the previous frame's motion-warped colour.")
     ] = 0.6,
+    engine_interval: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Video, with smoothing: the engine colours every Nth frame; the frames between take its "
+            "colour carried along the motion (1: every frame).",
+        ),
+    ] = 1,
     resume: Annotated[
         bool,
         typer.Option(
@@ -225,6 +234,7 @@ def run(
         "smoothing": smoothing.value,
         "strength": smoothing_strength,
         "segment_seconds": segment_seconds,
+        "engine_interval": engine_interval,
     }
     opts = RunOptions(
         output, model, backend.value, recursive, overwrite, json_out, quality, working_size, weights, verbose,

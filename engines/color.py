@@ -396,10 +396,47 @@ def lab_hwc_to_rgb_u8_keep_lightness(l: np.ndarray, ab: np.ndarray, steps: int =
         _linear_to_srgb_u8_hwc(cv2, lin, out[r], tmp)
     if outside:  # a small fraction of a frame, in one batch
         px = np.concatenate(outside)
-        l_px = torch.from_numpy(l.reshape(-1)[px][None, None, :])  # (1, 1, K)
-        ab_px = torch.from_numpy(ab.reshape(-1, 2)[px].T[:, None, :].copy())  # (2, 1, K)
-        out.reshape(-1, 3)[px] = _linear_to_srgb_u8(_shrink_into_gamut(l_px, ab_px, steps))[:, 0, :].T.numpy()
+        lin = _shrink_into_gamut_np(l.reshape(-1)[px], ab.reshape(-1, 2)[px], steps)
+        out.reshape(-1, 3)[px] = _linear_to_srgb_u8_np(lin)
     return out
+
+
+def _shrink_into_gamut_np(l: np.ndarray, ab: np.ndarray, steps: int) -> np.ndarray:
+    """``_shrink_into_gamut`` for the few out-of-gamut pixels of a frame, in NumPy: L ``(K,)`` and ab
+    ``(K, 2)`` float32 -> linear RGB ``(K, 3)``. The same bisection on the same formula, channel by
+    channel (torch fuses some multiply-adds and sums the matrix product in its own order, so a trial
+    scale within float rounding of the gamut's edge may fall the other way); at a few thousand pixels
+    torch's per-operation overhead cost 1-2 ms a frame."""
+    m = _xyz_over_white_to_linear(torch.float32, torch.device("cpu")).numpy()
+    switch, slope = np.float32(_F_SWITCH), np.float32(_F_SLOPE)
+
+    def t_of(f: np.ndarray) -> np.ndarray:  # f^3 above the switch, the tangent line below (as _lab_to_linear)
+        g = np.maximum(f, switch)
+        return g * g * g + slope * (f - g)
+
+    fy = (l + np.float32(16)) / np.float32(116)
+    ty = t_of(fy)  # the same at every scale: L is kept
+    a_step, b_step = ab[:, 0] * np.float32(1 / 500), ab[:, 1] * np.float32(-1 / 200)
+
+    def linear(scale) -> list[np.ndarray]:
+        tx, tz = t_of(fy + a_step * scale), t_of(fy + b_step * scale)
+        return [row[0] * tx + row[1] * ty + row[2] * tz for row in m]
+
+    scale = np.zeros_like(l)
+    for k in range(1, steps + 1):
+        r, g, b = linear(scale + np.float32(0.5**k))
+        low, high = np.minimum(np.minimum(r, g), b), np.maximum(np.maximum(r, g), b)
+        scale += ((low >= _LIN_MIN) & (high <= _LIN_MAX)) * np.float32(0.5**k)
+    return np.stack(linear(scale), axis=1)
+
+
+def _linear_to_srgb_u8_np(lin: np.ndarray) -> np.ndarray:
+    """``_linear_to_srgb_u8`` for NumPy values of any shape (the same table and arithmetic, so the
+    same levels)."""
+    base, thr = (t.numpy() for t in _srgb_u8_tables())
+    scaled = np.clip(lin * np.float32(_SRGB_U8_BINS), 0, _SRGB_U8_BINS).astype(np.float32)
+    idx = scaled.astype(np.int32)  # floor
+    return base[idx] + (scaled >= thr[idx])
 
 
 # Values per band of a channels-last frame for the element-wise passes: a band's float32 temporaries

@@ -92,7 +92,8 @@ def test_gan_is_timed_in_adversarial_mode_and_its_passes_touch_the_right_network
     assert set(g["parts"]) == set(expected)
     assert all(v > 0 for v in g["parts"].values())
     assert g["sum"] == pytest.approx(sum(g["parts"].values()))
-    assert math.isfinite(g["ratio"]) and g["ratio"] > 0.5
+    # The ratio's value is a timing (it varies with load), so only its making is checked here.
+    assert math.isfinite(g["ratio"]) and g["full"] > 0
     assert g["ratio"] == pytest.approx(g["full"] / g["sum"])
 
 

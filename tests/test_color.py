@@ -588,6 +588,21 @@ def test_lab_hwc_to_rgb_u8_is_the_exact_path_in_8_bits():
         assert (diff > 0).mean() < 2e-3
 
 
+def test_the_films_gamut_bisection_is_the_torch_one():
+    # The 8-bit film path maps its few out-of-gamut pixels in NumPy; the reference is the torch bisection.
+    rng = np.random.default_rng(24)
+    l = (rng.random(20000) * 100).astype(np.float32)
+    ab = rng.normal(0, 60, (20000, 2)).astype(np.float32)  # most of them out of gamut
+    ref = C._shrink_into_gamut(torch.from_numpy(l)[None, None], torch.from_numpy(ab.T.copy())[:, None], 6)
+    ref = ref[:, 0, :].T.numpy()
+    got = C._shrink_into_gamut_np(l, ab, 6)
+    assert got.shape == (20000, 3) and got.dtype == np.float32
+    assert np.abs(got - ref).max() < 1e-5  # no trial of this sample lies within rounding of the edge
+    levels = C._linear_to_srgb_u8_np(got)
+    expected = C._linear_to_srgb_u8(torch.from_numpy(ref.T.copy())[:, None])[:, 0, :].T.numpy()
+    assert levels.dtype == np.uint8 and (levels != expected).mean() < 1e-4
+
+
 def test_lab_hwc_to_rgb_u8_over_bands_with_gamut_edges():
     # Several bands of rows, the last one partial; out-of-gamut pixels in one middle band and in the last
     # only (the other bands skip the per-pixel gamut test); and the gamut's corners, whose linear values

@@ -457,6 +457,85 @@ def test_smoother_state_and_identity():
     assert np.array_equal(off.step(l, ab2), ab2)
 
 
+def test_a_skipped_frame_takes_the_previous_prediction_along_the_motion():
+    rng = np.random.default_rng(3)
+    big = (_texture(rng, 80, 140, colour=False)[..., 0] * 100).astype(np.float32)
+    frame = [np.ascontiguousarray(big[10:70, 20 + 3 * t : 120 + 3 * t]) for t in range(2)]  # pans 3 px
+    # A prediction tied to the picture: ab follows L, so the right one for frame 1 is known.
+    ab = [np.stack([l - 50, 50 - l], axis=-1).astype(np.float32) for l in frame]
+    calls = []
+
+    def engine() -> np.ndarray:
+        calls.append(1)
+        return ab[1]
+
+    s = temporal.ChromaSmoother(strength=0.0)  # no blending: the output is the prediction used
+    s.step(frame[0], ab[0])
+    carried = s.step(frame[1], engine)
+    inner = (slice(8, -8), slice(8, -8))
+    assert calls == []  # the motion was followed: the engine was not asked
+    assert np.abs(carried - ab[1])[inner].mean() < 0.15 * np.abs(ab[0] - ab[1])[inner].mean()
+    # The first frame, and a frame across a scene cut, have no motion to follow: the engine is asked.
+    first = temporal.ChromaSmoother(strength=0.6)
+    assert np.array_equal(first.step(frame[0], engine), ab[1]) and calls == [1]
+    cut = temporal.ChromaSmoother(strength=0.6)
+    cut.step(frame[0], ab[0])
+    assert np.array_equal(cut.step(np.clip(frame[1] + 45, 0, 100), engine), ab[1])
+    assert calls == [1, 1] and cut.cuts == 1
+    # Motion that cannot be followed (a new picture with the same tones, not a cut): asked when fewer
+    # than min_followed of the pixels pass the motion checks, carried otherwise.
+    other = (_texture(np.random.default_rng(4), 60, 100, colour=False)[..., 0] * 100).astype(np.float32)
+    for min_followed, asked in [(0.0, False), (0.9, True)]:
+        s = temporal.ChromaSmoother(strength=0.6, min_followed=min_followed)
+        s.step(frame[0], ab[0])
+        before = len(calls)
+        s.step(other, engine)
+        assert s.cuts == 0 and (len(calls) > before) == asked
+
+
+def test_the_smoothers_median_is_numpys(rng):
+    for shape in [(180, 320), (181, 321), (1, 1)]:
+        x = rng.normal(size=shape).astype(np.float32)
+        for view in (x, x[::2, ::2]):
+            before = view.copy()
+            assert temporal._median(view) == float(np.median(view))
+            assert np.array_equal(view, before)
+
+
+def _counting(predict):
+    seen = []
+
+    def counted(l: torch.Tensor) -> torch.Tensor:
+        seen.append(l.shape[0])
+        return predict(l)
+
+    return counted, seen
+
+
+def test_the_engine_sees_every_nth_frame_and_each_frame_after_a_cut(tmp_path):
+    rng = np.random.default_rng(7)
+    base = _texture(rng, 48, 64, colour=False) * 0.4
+    dark = (base * 255).round().astype(np.uint8)
+    bright = ((base + 0.5) * 255).round().astype(np.uint8)
+    src = tmp_path / "cut.mp4"
+    make_clip(src, [dark] * 5 + [bright] * 7)  # the cut falls on frame 5, which the engine would skip
+
+    def by_brightness(l: torch.Tensor) -> torch.Tensor:
+        a = torch.where(l.mean(dim=(1, 2, 3)) < 50, 40.0, -40.0)
+        return torch.stack([a, torch.zeros_like(a)], 1)[..., None, None].expand(-1, -1, *l.shape[-2:]).clone()
+
+    predict, seen = _counting(by_brightness)
+    report = colorize_video(src, tmp_path / "on.mp4", predict, VideoOptions(crf=1, engine_interval=2))
+    assert report.frames == 12 and report.scene_cuts == 1
+    assert sum(seen) == 6 + 1  # frames 0, 2, ..., 10, and frame 5 at the cut
+    a = _mean_ab(tmp_path / "on.mp4")[:, 0]
+    assert (a[:5] > 30).all() and (a[5:] < -30).all()
+    # Without smoothing there is no motion to carry colour along: every frame is coloured.
+    predict, seen = _counting(by_brightness)
+    colorize_video(src, tmp_path / "off.mp4", predict, VideoOptions(crf=1, smoothing="off", engine_interval=2))
+    assert sum(seen) == 12
+
+
 # --- warping error -----------------------------------------------------------------------------
 
 
@@ -679,7 +758,9 @@ def test_segments_change_no_pixel_and_cost_little_encoding_error(tmp_path, engin
     assert error["many"] < 1.25 * error["one"] + 0.1, error
 
 
-def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine):
+@pytest.mark.parametrize("interval", [1, 3])  # 3: a segment (8 frames) ends between two engine frames
+def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine, interval):
+    SEGMENTED = VideoOptions(crf=1, batch_size=4, segment_seconds=0.25, engine_interval=interval)
     src = tmp_path / "in.mp4"
     make_clip(src, n=40, audio="aac")
     ref, dst = tmp_path / "ref.mp4", tmp_path / "out.mp4"

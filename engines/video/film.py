@@ -84,6 +84,10 @@ from engines.video.stages import _END, _analyse_stage, _compose_stage, _read_sta
 from engines.video.streams import VideoError, _open_input, _Probe, _probe, encoder_pixel_format
 from engines.video.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
 
+# A frame the engine skips takes the previous prediction along the motion only where at least this
+# share of its pixels pass the motion checks; otherwise the engine colours it (calibrated below).
+MIN_FOLLOWED = 0.0
+
 # Items (frames and interleaved packets) a queue holds beyond one batch. Together with the batch cap
 # below this bounds the frames in flight, and so memory, whatever the film's length.
 _QUEUE_SLACK = 4
@@ -107,6 +111,9 @@ class VideoOptions:
         ``engines.video.temporal``; 0.18, calibrated on the dev clips).
     segment_seconds: length of the independently encoded segments (see "Interruption" in the module
         docstring): at most this much work is lost when a run is killed.
+    engine_interval: with smoothing, the engine colours every n-th frame and the frames between take
+        its colour carried along the motion (``ChromaSmoother.step``); 1: every frame. Without
+        smoothing every frame goes through the engine.
     """
 
     codec: str = "libx264"
@@ -116,6 +123,7 @@ class VideoOptions:
     batch_size: int = 8
     scene_cut_threshold: float = DEFAULT_SCENE_CUT_THRESHOLD
     segment_seconds: float = 10.0
+    engine_interval: int = 1
 
     def __post_init__(self) -> None:
         if self.smoothing not in ("off", "flow"):
@@ -128,6 +136,8 @@ class VideoOptions:
             raise ValueError(f"crf must be in 0..63, got {self.crf}")
         if not 0 <= self.scene_cut_threshold <= 1:
             raise ValueError(f"scene_cut_threshold must be in [0, 1], got {self.scene_cut_threshold}")
+        if self.engine_interval < 1:
+            raise ValueError(f"engine_interval must be at least 1, got {self.engine_interval}")
         if not 0 < self.segment_seconds < float("inf"):
             raise ValueError(f"segment_seconds must be positive, got {self.segment_seconds}")
 
@@ -255,7 +265,11 @@ def _encode_segments(
     if total is None and inp.duration and rate:
         total = max(1, round(inp.duration / 1_000_000 * float(rate)))
 
-    smoother = ChromaSmoother(options.strength, options.scene_cut_threshold) if options.smoothing == "flow" else None
+    smoother = (
+        ChromaSmoother(options.strength, options.scene_cut_threshold, min_followed=MIN_FOLLOWED)
+        if options.smoothing == "flow"
+        else None
+    )
     batch = max(1, min(options.batch_size, _BATCH_PIXELS // (probe.width * probe.height)))
     segment = work.segment_frames(_segment_frames(options, rate, batch))
     state = work.load_state()
@@ -269,7 +283,7 @@ def _encode_segments(
     q1, q2, q3 = queue.Queue(depth), queue.Queue(depth), queue.Queue(_QUEUE_SLACK)
     stats = _ReadStats()
     w.spawn("read", _read_stage, w, inp, probe.index, probe, pix_fmt, work.frames, q1, stats)
-    w.spawn("analyse", _analyse_stage, w, predict_ab, batch, segment, smoother, q1, q2)
+    w.spawn("analyse", _analyse_stage, w, predict_ab, batch, segment, smoother, options.engine_interval, q1, q2)
     w.spawn("compose", _compose_stage, w, pix_fmt, q2, q3)
     try:
         while (item := w.get(q3)) is not _END:

@@ -228,31 +228,52 @@ def _analyse_stage(
     batch_size: int,
     segment_frames: int,
     smoother: ChromaSmoother | None,
+    engine_interval: int,
     q_in: queue.Queue,
     q_out: queue.Queue,
 ) -> None:
     """Batches of frames -> the engine's ab, smoothed over time frame by frame; bridges pass through
     in order. A batch never spans two segments, and the last item of each segment carries the
-    smoother's state after it, so a resumed run continues exactly where this one was."""
+    smoother's state after it, so a resumed run continues exactly where this one was.
+
+    With smoothing, the engine sees only every ``engine_interval``-th frame of the film (by output
+    index); the frames between take the previous prediction carried along the motion
+    (``ChromaSmoother.step``), or the engine's own when motion cannot be followed (a scene cut). A
+    batch holds ``batch_size`` frames for the engine."""
     pending: list = []
     frames: list[_Frame] = []
+    keys = 0  # frames of ``frames`` for the engine
+    interval = engine_interval if smoother is not None else 1
+
+    def predict(batch: list[_Frame]) -> torch.Tensor:
+        l = torch.stack([f.l for f in batch])  # (N, 1, H, W) in [0, 100]
+        ab = predict_ab(l)
+        if not isinstance(ab, torch.Tensor) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
+            got = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
+            raise ValueError(f"predict_ab returned {got}, expected {(l.shape[0], 2, *l.shape[-2:])}")
+        return ab.detach().float().cpu()
+
+    def hwc(ab: torch.Tensor) -> np.ndarray:
+        # OpenCV works channels-last: one transposing copy per batch, and back as a free view.
+        return ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
+
+    def predict_one(f: _Frame) -> np.ndarray:  # a skipped frame whose motion cannot be followed
+        return hwc(predict([f]))[0]
 
     def flush() -> None:
+        nonlocal keys
+        keys = 0
         if frames:
-            l = torch.stack([f.l for f in frames])  # (N, 1, H, W) in [0, 100]
-            ab = predict_ab(l)
-            if not isinstance(ab, torch.Tensor) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
-                got = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
-                raise ValueError(f"predict_ab returned {got}, expected {(l.shape[0], 2, *l.shape[-2:])}")
-            ab = ab.detach().float().cpu()
+            key_frames = [f for f in frames if f.index % interval == 0]
+            ab = predict(key_frames) if key_frames else None
             if smoother is None:
                 for i, f in enumerate(frames):
                     f.ab = ab[i]
             else:
-                # OpenCV works channels-last: one transposing copy per batch, and back as a free view.
-                ab_hwc = ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
-                for i, f in enumerate(frames):
-                    f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), ab_hwc[i])).permute(2, 0, 1)
+                ab_keys = dict(zip((id(f) for f in key_frames), hwc(ab))) if key_frames else {}
+                for f in frames:
+                    pred = ab_keys[id(f)] if id(f) in ab_keys else functools.partial(predict_one, f)
+                    f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), pred)).permute(2, 0, 1)
         if pending and pending[-1].index % segment_frames == segment_frames - 1:
             pending[-1].state = smoother.get_state() if smoother is not None else {}
         for item in pending:
@@ -269,7 +290,8 @@ def _analyse_stage(
         pending.append(item)
         if isinstance(item, _Frame):
             frames.append(item)
-        if len(frames) >= batch_size or item.index % segment_frames == segment_frames - 1:
+            keys += item.index % interval == 0
+        if keys >= batch_size or item.index % segment_frames == segment_frames - 1:
             flush()
 
 
