@@ -189,9 +189,9 @@ def run(
             min=1,
             max=16,
             help="Video, with smoothing: the engine colours every Nth frame; the frames between take its "
-            "colour carried along the motion (1: every frame).",
+            "colour carried along the motion where it can be followed (1: every frame).",
         ),
-    ] = 1,
+    ] = 4,
     resume: Annotated[
         bool,
         typer.Option(

@@ -666,7 +666,8 @@ def test_failure_midway_leaves_no_temp_file_and_dst_untouched(tmp_path):
             raise RuntimeError("engine exploded")
         return constant_ab(0, 0)(l)
 
-    result = _run_with_timeout(lambda: colorize_video(src, dst, failing, FAST))
+    every_frame = VideoOptions(crf=1, batch_size=4, engine_interval=1)  # six engine calls, the third fails
+    result = _run_with_timeout(lambda: colorize_video(src, dst, failing, every_frame))
     assert isinstance(result.get("error"), RuntimeError) and "engine exploded" in str(result["error"])
     assert dst.read_bytes() == b"previous film" and no_temp_files(tmp_path)
     assert _workers_alive() == []

@@ -9,6 +9,8 @@ Data flow (four threads, bounded queues, so memory does not grow with the film's
              via RGB with explicit matrix and range); for 4:2:0 output, L at the chroma
              planes' resolution and the full-size luma of its gray ---------------------> q1
     analyse: batches of ``batch_size`` frames -> predict_ab -> temporal smoothing of ab ---> q2
+             (with smoothing, every ``engine_interval``-th frame; those between take its ab
+             along the motion: ``ChromaSmoother.step``)
     compose: L + ab -> yuv420p at chroma resolution (L kept; ``stages.compose_yuv420``), or
              for 4:4:4 output RGB (L kept) -> the encoder's YUV ------------------------> q3
     main:    encode into segment files (video packets only)
@@ -84,9 +86,12 @@ from engines.video.stages import _END, _analyse_stage, _compose_stage, _read_sta
 from engines.video.streams import VideoError, _open_input, _Probe, _probe, encoder_pixel_format
 from engines.video.temporal import DEFAULT_SCENE_CUT_THRESHOLD, ChromaSmoother
 
-# A frame the engine skips takes the previous prediction along the motion only where at least this
-# share of its pixels pass the motion checks; otherwise the engine colours it (calibrated below).
-MIN_FOLLOWED = 0.0
+# A frame the engine skips takes the previous prediction along the motion only when at least this
+# share of its pixels pass the motion checks; otherwise the engine colours it. On the eight davis
+# clips, with the engine on every 4th frame, 0.7 sent 32 % of the frames to the engine (the fast
+# motocross clip, median share 0.45, 75 %) for the warping and ab error of every frame's
+# (docs/experiments.md, session 5).
+MIN_FOLLOWED = 0.7
 
 # Items (frames and interleaved packets) a queue holds beyond one batch. Together with the batch cap
 # below this bounds the frames in flight, and so memory, whatever the film's length.
@@ -123,7 +128,7 @@ class VideoOptions:
     batch_size: int = 8
     scene_cut_threshold: float = DEFAULT_SCENE_CUT_THRESHOLD
     segment_seconds: float = 10.0
-    engine_interval: int = 1
+    engine_interval: int = 4
 
     def __post_init__(self) -> None:
         if self.smoothing not in ("off", "flow"):
