@@ -238,8 +238,8 @@ def _analyse_stage(
 
     With smoothing, the engine sees only every ``engine_interval``-th frame of the film (by output
     index); the frames between take the previous prediction carried along the motion
-    (``ChromaSmoother.step``), or the engine's own when motion cannot be followed (a scene cut). A
-    batch holds ``batch_size`` frames for the engine."""
+    (``ChromaSmoother.step``), or the engine's own where the motion cannot carry it (the first
+    frame, a scene cut, motion the checks reject). A batch holds ``batch_size`` frames for the engine."""
     pending: list = []
     frames: list[_Frame] = []
     keys = 0  # frames of ``frames`` for the engine
@@ -270,9 +270,9 @@ def _analyse_stage(
                 for i, f in enumerate(frames):
                     f.ab = ab[i]
             else:
-                ab_keys = dict(zip((id(f) for f in key_frames), hwc(ab))) if key_frames else {}
+                key_ab = iter(hwc(ab)) if key_frames else iter(())
                 for f in frames:
-                    pred = ab_keys[id(f)] if id(f) in ab_keys else functools.partial(predict_one, f)
+                    pred = next(key_ab) if f.index % interval == 0 else functools.partial(predict_one, f)
                     f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), pred)).permute(2, 0, 1)
         if pending and pending[-1].index % segment_frames == segment_frames - 1:
             pending[-1].state = smoother.get_state() if smoother is not None else {}
