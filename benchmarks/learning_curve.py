@@ -90,15 +90,17 @@ def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path:
     for ax, (label, y, target) in zip(axes, panels):
         for name, points in series.items():
             ax.plot([p["images"] / 1e6 for p in points], [y(p) for p in points], "o-", ms=4, label=name)
-        ax.axhline(target, color="tab:green", ls="--", lw=1, label=f"target {target:g}")
+        ax.axhline(target, color="tab:green", ls="--", lw=1, label="target")
         if label.startswith(("AuC", "rebal")):
             ax.axhline(0, color="gray", lw=1)
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("images seen in the run (millions)")
-        ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
+    # One legend under the panels: long series names inside each panel hid their points.
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=90)
     plt.close(fig)
