@@ -371,7 +371,8 @@ def lab_hwc_to_rgb_u8_keep_lightness(l: np.ndarray, ab: np.ndarray, steps: int =
     is one affine ``cv2.transform``, the CIE f^-1 the same branch-free tangent form, then linear RGB.
     The gamut test is a band's min and max, and only a band with a value outside finds its pixels
     (``cv2.inRange``); those pixels, a small fraction of a frame, go through the bisection
-    (``_shrink_into_gamut``, shared) and the exact table encoding at the end, over their first encoding.
+    (``_shrink_into_gamut_np``, the torch bisection without its per-operation overhead) and the exact
+    table encoding at the end, over their first encoding.
     The sRGB encoding of the rest is the piecewise curve computed branch-free (see
     ``_linear_to_srgb_u8_hwc``): equal to the table path except where a value lies within float
     rounding of a level boundary.
