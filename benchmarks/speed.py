@@ -46,6 +46,7 @@ from engines.files import atomic_path, write_text
 from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
 from engines.runtime import backends as runtime
+from engines.runtime.precision import float32_network
 
 PHOTO = ROOT / "examples" / "astronaut_gray.jpg"
 PHOTOS_HEADING = "## Folders of photos"
@@ -88,7 +89,9 @@ def machine() -> str:
 
 
 def networks() -> dict[str, torch.nn.Module]:
-    nets = {name: load_colorizer(name, runtime.select_backend("cpu")).model for name in ENGINES}
+    """Each engine's float32 network (unwrapped from the bf16 autocast the CPU backend adds where the
+    CPU has native bf16, so that each runner below picks its own precision), and ECCV16's."""
+    nets = {name: float32_network(load_colorizer(name, runtime.select_backend("cpu")).model) for name in ENGINES}
     torch.manual_seed(0)
     eccv = ECCV16().eval()
     eccv.config = SimpleNamespace(in_channels=1)  # what the runners and the FLOP counter read
@@ -98,7 +101,10 @@ def networks() -> dict[str, torch.nn.Module]:
 
 def runners(name: str, net: torch.nn.Module) -> dict[str, torch.nn.Module]:
     """Every runner this machine has for ``net``: label -> module taking (N, C, H, W) float32."""
-    out = {"cpu (PyTorch)": net.to(memory_format=torch.channels_last)}
+    net = net.to(memory_format=torch.channels_last)
+    out = {"cpu (PyTorch)": net}
+    if runtime.cpu_has_fast_bf16():  # what `--backend cpu` runs on this CPU
+        out["cpu bf16 (PyTorch)"] = runtime.Bf16Model(net)
     if runtime._ort_problem() is None:
         out["onnxruntime"] = runtime.OnnxRuntimeModel(net, f"speed-benchmark-{name}")
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
@@ -289,13 +295,13 @@ def main() -> None:
         os.environ["COLORIZE_CACHE_DIR"] = cache  # the benchmark's ONNX exports stay out of the user's cache
         rows, agreement = network_rows(args.sizes)
     lines = [header, "", *network_table(rows), "", *end_to_end_table()]
-    if agreement:  # pragma: no cover - GPU machines only
+    if agreement:  # where this machine has bf16 in hardware or a GPU
         lines += [
             "",
-            "FP16 (+ CUDA graphs) against FP32 on the GPU, max |ab| over 8 random 256x256 inputs:",
+            "Reduced precision against float32 on the same inputs (8 random 256x256), decoded ab:",
             "",
-            "| engine | max |ab| difference |",
-            "|---|---:|",
+            "| engine | runners | mean |ab| difference | max |ab| difference |",
+            "|---|---|---:|---:|",
             *agreement,
         ]
     args.out.mkdir(parents=True, exist_ok=True)
@@ -345,12 +351,15 @@ def network_rows(sizes: list[int]) -> tuple[list[dict], list[str]]:
                     {"model": name, "size": size, "backend": label, "batch": n, "ips": ips, "gflops": gflops(net, size)}
                 )
                 print(f"{name} {size} {label}: {ips:.1f} img/s", flush=True)
-        if torch.cuda.is_available() and name in ENGINES:  # pragma: no cover - GPU machines only
-            decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
-            x = torch.rand(8, net.config.in_channels, 256, 256) * 2 - 1
-            r = runners(name, net)
-            fp16, fp32 = (decode(r[k](x).float().cpu()) for k in ("cuda FP16 + graphs", "cuda FP32"))
-            agreement.append(f"| {name} | {(fp16 - fp32).abs().max().item():.3f} |")
+        pairs = [("cpu bf16 (PyTorch)", "cpu (PyTorch)"), ("cuda FP16 + graphs", "cuda FP32")]
+        r = runners(name, net)
+        for low, full in pairs:
+            if name in ENGINES and low in r:
+                decode = load_colorizer(name, runtime.select_backend("cpu")).decode  # raw output -> ab
+                x = torch.rand(8, net.config.in_channels, 256, 256) * 2 - 1
+                a, b = (decode(r[k](x).float().cpu()) for k in (low, full))
+                d = (a - b).abs()
+                agreement.append(f"| {name} | {low} against {full} | {d.mean().item():.3f} | {d.max().item():.3f} |")
     return rows, agreement
 
 

@@ -270,7 +270,7 @@ def load_colorizer(
     elif backend.name in ("cpu", "cpu-fastest"):
         # Channels-last (NHWC) lets oneDNN pick its fastest convolutions: 1.2-1.6x measured on this CPU.
         net = net.to(memory_format=torch.channels_last)
-        if runtime.cpu_has_fast_bf16():  # AMX / AVX-512 BF16 only; float32 elsewhere (unverified speed)
+        if runtime.cpu_has_fast_bf16():  # AMX / AVX-512 BF16 only (engines.runtime.precision)
             net = runtime.Bf16Model(net)
             notes = (*notes, "cpu: bf16 autocast (the CPU has native bf16)")
     if backend.name == "cpu-fastest":

@@ -8,6 +8,7 @@ from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
 from engines.runtime.backends import select_backend
 from engines.runtime.export import INPUT_NAME, export_onnx
+from engines.runtime.precision import float32_network
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -18,7 +19,8 @@ MAX_AB_DIFF = 0.01
 @pytest.mark.parametrize("name", list(ENGINES))
 def test_onnx_matches_pytorch_at_several_batches_and_sizes(name, tmp_path):
     colorizer = load_colorizer(name, select_backend("cpu"))
-    model, decode = colorizer.model, colorizer.decode  # decode: the family's raw output -> ab
+    # The float32 network (the CPU backend wraps it in bf16 autocast on CPUs with native bf16).
+    model, decode = float32_network(colorizer.model), colorizer.decode  # decode: raw output -> ab
     path = tmp_path / f"{name}.onnx"
     export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

@@ -371,8 +371,16 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     import subprocess
     import sys
 
+    # float32: under bf16 (auto precision on CPUs with it in hardware) each process's half-batch rounds
+    # differently from the whole batch's, far beyond the tolerance below.
     recipe = _tiny_recipe(
-        tmp_path, 'norm = "group"', "max_steps = 6", "warmup_steps = 2", "val_every = 3", "rebalance_lambda = 0.5"
+        tmp_path,
+        'norm = "group"',
+        "max_steps = 6",
+        "warmup_steps = 2",
+        "val_every = 3",
+        "rebalance_lambda = 0.5",
+        'precision = "float32"',
     )
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     one = [sys.executable, "-m", "training", str(recipe), "--out", str(tmp_path / "one")]

@@ -27,6 +27,13 @@ import torch
 
 from engines.files import write_text
 from engines.runtime import trt_backend
+from engines.runtime.precision import (  # noqa: F401 - BF16_MAX_AB_DIFF and cpu_flags re-exported
+    BF16_MAX_AB_DIFF,
+    Bf16Model,
+    cpu_flags,
+    cpu_has_fast_bf16,
+    float32_network,
+)
 
 BACKENDS = ("auto", "tensorrt", "cuda", "onnxruntime", "cpu")
 # ONNX Runtime replaces PyTorch on the CPU only when at least this much faster (timings wobble ~10%).
@@ -259,7 +266,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
     speedup = known.get(key)
     how = "cached measurement"
     if not isinstance(speedup, (int, float)):
-        ort_model = OnnxRuntimeModel(net.net if isinstance(net, Bf16Model) else net, weights_sha256)  # float32
+        ort_model = OnnxRuntimeModel(float32_network(net), weights_sha256)  # float32
         side = -(-working_size // net.multiple) * net.multiple
         x = torch.zeros(1, net.config.in_channels, side, side)
         with torch.inference_mode():
@@ -272,7 +279,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
         except OSError:
             pass  # a read-only cache only costs the measurement next time
     if speedup >= ORT_MIN_SPEEDUP:
-        ort_model = ort_model or OnnxRuntimeModel(net.net if isinstance(net, Bf16Model) else net, weights_sha256)
+        ort_model = ort_model or OnnxRuntimeModel(float32_network(net), weights_sha256)
         return ort_model, f"onnxruntime picked: {speedup:.2f}x PyTorch's speed on this CPU at {working_size} ({how})"
     return net, (
         f"cpu (PyTorch) picked: onnxruntime only {speedup:.2f}x PyTorch's speed at {working_size}, "
@@ -308,35 +315,3 @@ def retain_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
 
 
-# bf16 against float32, largest |ab| difference allowed (CIELAB units), tested on a small input on any
-# CPU (tests/test_runtime.py): measured max 0.11 (regression), 0.51 (classification), 1.08 (gan) on
-# a 128x128 photo; bf16 keeps 8 bits of mantissa against float16's 11.
-BF16_MAX_AB_DIFF = 3.0
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU computes bf16 matrix products natively (AMX or AVX-512 BF16): there oneDNN
-    runs bf16 convolutions faster than float32. Elsewhere (AVX2, as on our 2-core machines) bf16 is
-    emulated and several times slower, so float32 is used. From /proc/cpuinfo's flags (Linux)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-class Bf16Model(torch.nn.Module):
-    """The network under CPU autocast to bfloat16, float32 out. UNVERIFIED for speed: written on a CPU
-    without native bf16 (AVX2 only), where it is correct but slow; its ab difference from float32 is
-    bounded by ``BF16_MAX_AB_DIFF`` in tests on any CPU."""
-
-    def __init__(self, net: torch.nn.Module):
-        super().__init__()
-        self.net = net
-        self.multiple = net.multiple
-        self.config = net.config
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            return self.net(x).float()

@@ -15,14 +15,15 @@ import torch
 
 from engines.files import atomic_path
 from engines.models.unet import UNet
+from engines.runtime.precision import float32_network
 
 OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "l_norm", "ab_norm"
 
 
 def export_onnx(model: UNet, path: Path, example_size: tuple[int, int] = (64, 96)) -> None:
-    """Write ``model`` as ONNX to ``path`` atomically (temporary name, then rename)."""
-    model = model.eval().cpu()
+    """Write ``model`` (its float32 network) as ONNX to ``path`` atomically (temporary name, then rename)."""
+    model = float32_network(model).eval().cpu()
     example = torch.zeros(1, model.config.in_channels, *example_size)
     axes = {0: "batch", 2: "height", 3: "width"}
     # The TorchScript-based exporter needs no extra packages and handles this plain CNN fully.
