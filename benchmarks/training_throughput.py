@@ -160,16 +160,17 @@ def measure_family(
 def gan_passes(task: GanTask, batch: torch.Tensor) -> dict[str, Callable[[], None]]:
     """The passes of an adversarial ``GanTask.step``, each runnable on its own on the same batch.
 
-    They use the task's own networks and losses; the inputs (lightness, true and generated chroma) are
-    made once beforehand, and no optimiser steps, so every call sees the same weights.
+    They use the task's own networks, losses, precision (bf16 autocast where the task runs it) and
+    memory layout; the inputs (lightness, true and generated chroma) are made once beforehand, and no
+    optimiser steps, so every call sees the same weights.
     """
     task.net.train()
     task.critic_net.train()
     l_norm, chroma = color.split_chroma(batch.to(task.device), task.cfg.color_space)
     ab_norm = color.normalize_ab(chroma)
-    with torch.no_grad():
-        fake_ab = task.net(task._generator_input(l_norm)).float()
-    real, fake = torch.cat((l_norm, ab_norm), 1), torch.cat((l_norm, fake_ab), 1)
+    with torch.no_grad(), task.autocast():
+        fake_ab = task.net(task._layout(task._generator_input(l_norm))).float()
+    real, fake = (task._layout(torch.cat((l_norm, ab), 1)) for ab in (ab_norm, fake_ab))
 
     def zero_grads() -> None:
         task.opt.zero_grad(set_to_none=True)
@@ -177,12 +178,15 @@ def gan_passes(task: GanTask, batch: torch.Tensor) -> dict[str, Callable[[], Non
 
     def generator() -> None:
         zero_grads()
-        pred = task.net(task._generator_input(l_norm)).float()
+        with task.autocast():
+            pred = task.net(task._layout(task._generator_input(l_norm))).float()
         (task.cfg.gan_recon_weight * task._recon(pred, ab_norm, chroma)).backward()
 
     def critic_real_fake() -> None:
         zero_grads()
-        d_loss = task._adversarial(task.critic_net(real), True) + task._adversarial(task.critic_net(fake), False)
+        with task.autocast():
+            scores = task.critic_net(real).float(), task.critic_net(fake).float()
+        d_loss = task._adversarial(scores[0], True) + task._adversarial(scores[1], False)
         if task.cfg.gan_loss == "wgan-gp":
             d_loss = d_loss + 10.0 * task._gradient_penalty(real, fake)
         d_loss.backward()
@@ -190,8 +194,10 @@ def gan_passes(task: GanTask, batch: torch.Tensor) -> dict[str, Callable[[], Non
     def critic_adversarial() -> None:
         zero_grads()
         # The gradient reaches the generated chroma, as it does on its way back into the generator.
-        fake_in = torch.cat((l_norm, fake_ab.detach().requires_grad_(True)), 1)
-        task._adversarial(task.critic_net(fake_in), True).backward()
+        fake_in = task._layout(torch.cat((l_norm, fake_ab.detach().requires_grad_(True)), 1))
+        with task.autocast():
+            score = task.critic_net(fake_in).float()
+        task._adversarial(score, True).backward()
 
     return {
         "generator forward + backward (reconstruction loss)": generator,
