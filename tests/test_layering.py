@@ -127,3 +127,13 @@ def test_pyproject_package_discovery_includes_every_subpackage():
 def test_help_imports_no_heavy_modules():
     code = "import sys; from colorcli import app; assert not {'torch', 'av', 'cv2'} & set(sys.modules), sorted(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_photo_reading_imports_no_torch():
+    """Photos are read on a thread while torch loads (``colorcli.app._Prefetch``): what that thread
+    imports must not pull torch in, or the reading waits for it."""
+    code = (
+        "import sys; import engines.video.streams, engines.media.photo_io; "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

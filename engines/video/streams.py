@@ -19,7 +19,6 @@ from av.video.reformatter import ColorRange, Colorspace
 
 from engines.files import os_reason as _os_reason
 from engines.media.formats import IMAGE_SUFFIXES, VIDEO_SUFFIXES
-from engines.runtime.precision import cpu_flags
 
 # Still images, and GIF, which the photo path handles (its first frame).
 _PHOTO_SUFFIXES = frozenset(IMAGE_SUFFIXES) | {".gif"}
@@ -199,6 +198,8 @@ def encoder_options(codec: str, crf: int) -> dict[str, str]:
             options["b"] = "0"  # constant quality, no bitrate cap
     if codec == "libx265":
         options["x265-params"] = "log-level=error"
+    from engines.runtime.precision import cpu_flags  # here: the photo path reads photos through this module before torch loads
+
     if codec == "libx264" and "avx512f" in cpu_flags():
         # x264's AVX-512 code (PyAV 18.1's build, a 2-core Xeon) did not give the same stream twice from
         # the same frames (2 of 8 runs of a small clip differed in one segment), so a resumed film could
