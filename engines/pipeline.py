@@ -259,7 +259,7 @@ def load_colorizer(
         raise ValueError(f"decoding options apply to classification engines only, not {ckpt.family}")
     decode = partial(FAMILIES[ckpt.family], family_state=ckpt.family_state, **decode_options)
     size = working_size or ckpt.working_size
-    net = ckpt.build_model()
+    net = ckpt.build_model().fold_batch_norm()  # 1.1-1.6x measured on the CPU in bf16 (UNet.fold_batch_norm)
     notes = backend.notes
     if backend.name == "tensorrt":  # unverified path: see engines/runtime/trt_backend.py
         net = trt_backend.engine_for(path, net, size)

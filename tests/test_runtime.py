@@ -154,3 +154,24 @@ def test_bf16_only_where_the_cpu_has_it():
     assert runtime.cpu_has_fast_bf16() == ("amx_bf16" in flags or "avx512_bf16" in flags)
     c = load_colorizer("gan", select_backend("cpu"))
     assert isinstance(c.model, runtime.Bf16Model) == runtime.cpu_has_fast_bf16()
+
+
+@pytest.mark.parametrize("name", list(ENGINES))
+def test_batch_norm_folded_into_the_convolutions_gives_the_same_picture(monkeypatch, name, photo):
+    """``load_colorizer`` folds each BatchNorm into its convolution (``UNet.fold_batch_norm``): the
+    picture is the unfolded network's up to float rounding, and no BatchNorm is left to run."""
+    from engines.models import checkpoint
+    from engines.models.registry import get_spec
+
+    c = _float32_colorizer(monkeypatch, name)
+    net = runtime.float32_network(c.model)
+    assert not [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    folded = _ab(c, photo)
+    unfolded = checkpoint.load(get_spec(name).weights_path()).build_model()
+    assert [m for m in unfolded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    c.model = unfolded
+    diff = float((_ab(c, photo) - folded).abs().max())
+    print(f"{name}: folded against unfolded, max |ab| difference {diff:.2e}")
+    assert diff < BACKEND_MAX_AB_DIFF
+    with pytest.raises(RuntimeError, match="eval"):
+        unfolded.train().fold_batch_norm()
