@@ -840,3 +840,24 @@ def test_semantic_loss_is_refused_for_the_gan_and_unlabelled_tasks(tmp_path):
     with pytest.raises(DataError, match="needs the training images' classes"):
         cfg = _tiny_config(folder, tmp_path, family="classification", class_loss_weight=1.0)
         TASKS["classification"](cfg, torch.ones(484))
+
+
+def test_compiled_classification_loss_matches_the_eager_one():
+    """``compile_loss``: the fused loss gives the eager loss and gradient to float rounding, on bf16
+    channels-last logits as the bf16 training step makes them."""
+    from training.tasks import _compiled_soft_cross_entropy, soft_cross_entropy
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 30, 6, 8, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    idx = torch.randint(0, 30, (2, 5, 6, 8), generator=g)
+    weights = torch.softmax(torch.randn(2, 5, 6, 8, generator=g), 1)
+    results = []
+    for fn in (soft_cross_entropy, _compiled_soft_cross_entropy()):
+        x = logits.clone().requires_grad_(True)
+        loss = fn(x, idx, weights)
+        (loss * torch.linspace(0, 1, loss.numel()).view(loss.shape)).sum().backward()
+        results.append((loss.detach(), x.grad.float()))
+    (eager, eager_grad), (fused, fused_grad) = results
+    assert eager.shape == (2, 6, 8) and eager.dtype == torch.float32
+    torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fused_grad, eager_grad, rtol=1e-2, atol=1e-3)  # the gradient is bf16

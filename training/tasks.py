@@ -16,6 +16,7 @@ is the ResNet image classifier (``python -m training.classifier``).
 from __future__ import annotations
 
 import copy
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -472,6 +473,20 @@ class RegressionTask(_SingleNetworkTask):
         return color.denormalize_ab(raw)
 
 
+def soft_cross_entropy(logits: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per-pixel cross-entropy of logits ``(N, Q, h, w)`` (any float type; computed in float32) against
+    a soft target with only ``k`` non-zero bins ``idx``/``weights`` ``(N, k, h, w)`` (weights sum to 1):
+    logsumexp(logits) - sum_k w_k logits_k, without building the dense Q-channel target."""
+    logits = logits.float()
+    return torch.logsumexp(logits, dim=1) - (weights * logits.gather(1, idx)).sum(1)
+
+
+@functools.cache
+def _compiled_soft_cross_entropy():
+    """``soft_cross_entropy`` compiled (``compile_loss``); built on first use, once per process."""
+    return torch.compile(soft_cross_entropy)
+
+
 class ClassificationTask(_SingleNetworkTask):
     """Zhang et al. 2016: cross-entropy against soft-encoded ab bins, class-rebalanced.
 
@@ -494,13 +509,11 @@ class ClassificationTask(_SingleNetworkTask):
         self.soft_encoder.to(self.device)
 
     def loss(self, l_norm: torch.Tensor, ab_true: torch.Tensor) -> torch.Tensor:
-        logits = self.net(l_norm).float()
+        logits = self.net(l_norm)
         ab_half = F.avg_pool2d(ab_true, 2)
-        # Cross-entropy against the soft target, which has only k non-zero bins (weights sum to 1):
-        # logsumexp(logits) - sum_k w_k logits_k, without building the dense Q-channel target.
         idx, weights = self.soft_encoder(ab_half)
-        per_pixel = torch.logsumexp(logits, dim=1) - (weights * logits.gather(1, idx)).sum(1)
-        return self._weighted_mean(per_pixel, ab_half)
+        soft_ce = _compiled_soft_cross_entropy() if self.cfg.compile_loss else soft_cross_entropy
+        return self._weighted_mean(soft_ce(logits, idx, weights), ab_half)
 
     def decode(self, raw: torch.Tensor) -> torch.Tensor:
         return classification.decode_distribution(raw, self.centres)
