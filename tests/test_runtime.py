@@ -59,7 +59,7 @@ def test_every_cpu_backend_gives_the_same_picture(monkeypatch, name, photo):
         assert any("picked" in n or "requested" in n for n in c.notes)
         bf16 = isinstance(c.model, runtime.Bf16Model)
         worst[bf16] = max(worst[bf16], float((_ab(c, photo) - ref).abs().max()))
-    print(f"{name}: max |ab| difference from float32 PyTorch: float32 runners {worst[False]:.2e}, bf16 {worst[True]:.2e}")
+    print(f"{name}: max |ab| from float32 PyTorch: float32 runners {worst[False]:.2e}, bf16 {worst[True]:.2e}")
     assert worst[False] < BACKEND_MAX_AB_DIFF
     assert worst[True] < runtime.BF16_MAX_AB_DIFF
 

@@ -119,7 +119,8 @@ class UNet(nn.Module):
         self.head = nn.Conv2d(skips[0], config.out_channels, 1)
 
     def fold_batch_norm(self) -> UNet:
-        """For inference: each BatchNorm that follows a convolution becomes part of that convolution's
+        """For inference: each BatchNorm that follows a convolution in a Sequential (every one of the plain
+        encoder and of the decoder; the ResNet blocks' keep theirs) becomes part of that convolution's
         weights and bias (eval-mode statistics; the same function up to float rounding), one pass over
         the activations fewer per layer, and under bf16 autocast no round trip to float32 for the norm
         (which autocast runs in float32). ONNX Runtime and TensorRT fold it themselves; PyTorch does

@@ -2,8 +2,8 @@
 
 On CPUs with bf16 in hardware (AMX or AVX-512 BF16) the CPU backend runs the engines under bf16
 autocast: measured 1.4-2x float32's speed at the shipped working size (96) and 2-3.7x at 224-256
-on a 2-core Xeon with AMX, also faster than ONNX Runtime there (``benchmarks/results/speed.md``). Elsewhere (AVX2) bf16 is emulated and
-several times slower, so float32 is used.
+on a 2-core Xeon with AMX, also faster than ONNX Runtime there (``benchmarks/results/speed.md``).
+Elsewhere (AVX2) bf16 is emulated and several times slower, so float32 is used.
 """
 
 from __future__ import annotations
