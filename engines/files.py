@@ -7,6 +7,7 @@ destination holds either its old content or the new one, never a torn mix.
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Iterator
@@ -68,3 +69,16 @@ def os_reason(exc: OSError) -> str:
     if exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return str(exc) or type(exc).__name__
+
+
+def cache_dir() -> Path:
+    """Where exports, measurements and built engines are cached (``COLORIZE_CACHE_DIR``, else ~/.cache/colorize)."""
+    return Path(os.environ.get("COLORIZE_CACHE_DIR", "~/.cache/colorize")).expanduser()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

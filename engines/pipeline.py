@@ -199,6 +199,13 @@ class Colorizer:
         if isinstance(self.model, runtime.OnnxRuntimeModel):
             self.model.set_threads(n)
 
+    def get_threads(self) -> int:
+        return torch.get_num_threads()
+
+    @property
+    def on_cpu(self) -> bool:
+        return self.device.type == "cpu"
+
     @staticmethod
     def lightness(rgb: np.ndarray) -> torch.Tensor:
         """sRGB ``(H, W, 3)`` -> CIELAB L ``(1, 1, H, W)``; any colour is discarded. ``rgb`` float32 in [0, 1],
@@ -240,6 +247,23 @@ class Colorizer:
         return [self.compose(l, ab) for l, ab in zip(ls, self.predict_ab_many(ls))]
 
 
+def _leave_decoded_bundle(path: Path, ckpt: checkpoint.EngineCheckpoint) -> tuple[str, ...]:
+    """Export the engine for the photo path without PyTorch (``engines.ort_pipeline``) if the cache lacks
+    it (about a second, once per engine file): later runs of photos then start without PyTorch. A note
+    if that failed (the run goes on)."""
+    from engines.runtime import bundle, export
+
+    if ckpt.arch.in_channels != 1 or ckpt.color_space != "lab" or runtime.ort_problem() is not None:
+        return ()  # engines that path does not take (engines.ort_pipeline.load)
+    try:
+        sha = trt_backend.file_sha256(path)
+        if bundle.read(sha) is None:
+            export.write_decoded_bundle(ckpt.build_model().fold_batch_norm(), ckpt, sha)
+    except Exception as e:  # noqa: BLE001 - a cache that cannot be written costs only speed
+        return (f"the export for runs without PyTorch failed: {type(e).__name__}: {e}",)
+    return ()
+
+
 def load_colorizer(
     model: str,
     backend: Backend,
@@ -276,6 +300,8 @@ def load_colorizer(
     if backend.name == "cpu-fastest":
         net, note = runtime.cpu_choice(net, trt_backend.file_sha256(path), size)
         notes = (*notes, note)
+    if backend.name in ("cpu-fastest", "onnxruntime"):
+        notes = (*notes, *_leave_decoded_bundle(path, ckpt))
     noise = ckpt.arch.in_channels == 2
     return Colorizer(
         net,

@@ -19,15 +19,18 @@ ALLOWED = {
 # Rooms of engines/ (a subpackage, or a module at the top) and the rooms each may import: leaves first,
 # the photo pipeline last. A room may always import within itself.
 ROOMS = {
-    "color": set(),
+    "color_np": set(),
+    "color": {"color_np"},
     "metrics": set(),
     "files": set(),
     "media": {"files"},
     "models": {"color", "metrics", "files"},
-    "runtime": {"models", "files"},
+    "runtime": {"models", "color", "files"},
     "video": {"color", "media", "files", "runtime"},  # runtime: process memory settings for long films
     "evaluation": {"color", "metrics", "media", "models", "video", "files"},
     "pipeline": {"color", "models", "runtime"},
+    # The photo path without PyTorch; PyTorch's pipeline only for the float compose of 16-bit photos.
+    "ort_pipeline": {"color_np", "files", "models", "runtime", "pipeline"},
 }
 
 

@@ -92,6 +92,22 @@ def log_rebalance_weights(centres: torch.Tensor, bin_weights: torch.Tensor) -> t
     return bin_weights[ab_bin_index(centres.T[None, :, :, None]).flatten()].clamp(min=1e-12).log().float()
 
 
+def annealed_mean(
+    logits: torch.Tensor,
+    centres: torch.Tensor,
+    temperature: float | torch.Tensor,
+    log_rebalance: torch.Tensor | None = None,
+    correction: float | torch.Tensor = 0.0,
+) -> torch.Tensor:
+    """The mean of ``softmax((logits - correction * log w) / T)`` over the bin centres: logits ``(N, Q, h, w)``
+    -> ab ``(N, 2, h, w)``. Tensor arithmetic only, so that it traces into ONNX with T and the correction
+    as inputs (``engines.runtime.export.DecodedNetwork``)."""
+    if log_rebalance is not None:
+        logits = logits - correction * log_rebalance.to(logits.dtype).view(1, -1, 1, 1)
+    p = F.softmax(logits / temperature, dim=1)
+    return torch.einsum("nqhw,qc->nchw", p, centres.to(p.dtype))
+
+
 def decode_distribution(
     logits: torch.Tensor,
     centres: torch.Tensor,
@@ -101,17 +117,16 @@ def decode_distribution(
     correction: float = 0.0,
 ) -> torch.Tensor:
     """logits ``(N, Q, h, w)`` -> ab ``(N, 2, h, w)`` in CIELAB units."""
-    if correction:
-        if log_rebalance is None:
-            raise ValueError("this engine records no rebalancing weights, so it cannot be corrected")
-        logits = logits - correction * log_rebalance.to(logits.dtype).view(1, -1, 1, 1)
+    if correction and log_rebalance is None:
+        raise ValueError("this engine records no rebalancing weights, so it cannot be corrected")
     if method == "argmax":
+        if correction:
+            logits = logits - correction * log_rebalance.to(logits.dtype).view(1, -1, 1, 1)
         return centres[logits.argmax(1)].permute(0, 3, 1, 2)
     t = 1.0 if method == "mean" else temperature
     if method not in DECODINGS or t <= 0:
         raise ValueError(f"decoding must be one of {', '.join(DECODINGS)} with a positive temperature")
-    p = F.softmax(logits / t, dim=1)
-    return torch.einsum("nqhw,qc->nchw", p, centres.to(p.dtype))
+    return annealed_mean(logits, centres, t, log_rebalance if correction else None, correction)
 
 
 def decode(

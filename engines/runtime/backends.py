@@ -16,17 +16,16 @@ faster (``ORT_MIN_SPEEDUP``); the verdict is cached. Every skip and pick is reco
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
-from engines.files import write_text
+from engines.files import cache_dir, write_text
 from engines.runtime import trt_backend
+from engines.runtime.memory import retain_freed_memory  # noqa: F401 - re-exported
 from engines.runtime.precision import (  # noqa: F401 - BF16_MAX_AB_DIFF and cpu_flags re-exported
     BF16_MAX_AB_DIFF,
     Bf16Model,
@@ -55,10 +54,6 @@ class Backend:
     notes: tuple[str, ...]  # why this one was picked and why others were skipped
 
 
-def cache_dir() -> Path:
-    return Path(os.environ.get("COLORIZE_CACHE_DIR", "~/.cache/colorize")).expanduser()
-
-
 def _cuda_problem() -> str | None:
     if not torch.cuda.is_available():
         build = "a CPU-only build" if torch.version.cuda is None else f"CUDA {torch.version.cuda}"
@@ -66,7 +61,7 @@ def _cuda_problem() -> str | None:
     return None
 
 
-def _ort_problem() -> str | None:
+def ort_problem() -> str | None:
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -80,7 +75,7 @@ def select_backend(name: str) -> Backend:
     if name == "cpu":
         return Backend("cpu", torch.device("cpu"), ("cpu: requested",))
     if name == "onnxruntime":
-        if problem := _ort_problem():
+        if problem := ort_problem():
             raise BackendUnavailable(f"onnxruntime backend unavailable: {problem}")
         return Backend("onnxruntime", torch.device("cpu"), ("onnxruntime: requested",))
     trt_problem = trt_backend.unavailable_reason()
@@ -237,7 +232,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
     working size, thread count, CPU and library versions, so later runs (a shell loop over a folder)
     start at once.
     """
-    if problem := _ort_problem():
+    if problem := ort_problem():
         return net, f"cpu (PyTorch) picked: onnxruntime skipped, {problem}"
     import onnxruntime
 
@@ -285,33 +280,3 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
         f"cpu (PyTorch) picked: onnxruntime only {speedup:.2f}x PyTorch's speed at {working_size}, "
         f"below {ORT_MIN_SPEEDUP}x ({how})"
     )
-
-
-# glibc's mallopt parameters.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-# Blocks below this come from the heap, not from a fresh mmap (32 MiB: glibc's largest allowed value).
-_MMAP_THRESHOLD = 32 << 20
-# Free memory at the top of the heap kept for reuse rather than given back to the system.
-_TRIM_THRESHOLD = 512 << 20
-
-
-def retain_freed_memory() -> bool:
-    """Let this process reuse the memory of freed frame-sized arrays instead of mapping fresh pages.
-
-    By default glibc serves every block above 128 KiB-32 MiB (its adaptive threshold) with its own
-    mmap and unmaps it when freed, so each full-frame temporary (a 854x480 float32 plane is 1.6 MB)
-    costs a page fault per 4 KiB on first touch: measured here as up to half the time of the per-frame
-    colour work (compose: 115 -> 64 ms a frame under load). Raising the mmap and trim thresholds keeps
-    the freed blocks in the heap, so peak memory is what it was and the faults go. Process-wide, and a
-    no-op (False) where the C library is not glibc.
-    """
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
-
-

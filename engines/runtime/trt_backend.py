@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from engines.files import write_bytes
+from engines.files import file_sha256, write_bytes
 from engines.runtime.export import INPUT_NAME
 
 MAGIC = b"COLORIZE-TRT\x01"
@@ -65,14 +65,6 @@ class CacheKey:
 
     def filename(self, engine_name: str) -> str:
         return f"{engine_name}-{self.digest()}.engine"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_entry(path: Path, key: CacheKey, payload: bytes) -> None:

@@ -1,0 +1,149 @@
+"""The photo path without PyTorch (``engines.ort_pipeline``): each step against PyTorch's pipeline, the
+cached export's life cycle, and that a run of photos on it never imports torch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from engines import color, color_np, ort_pipeline
+from engines.files import file_sha256
+from engines.models.registry import get_spec
+from engines.pipeline import guided_upsample, load_colorizer
+from engines.runtime import bundle
+from engines.runtime.backends import select_backend
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "astronaut_gray.jpg"
+
+
+def test_numpy_tables_are_the_torch_formulas():
+    """The tables ``engines.color`` now takes from ``color_np`` equal the torch formulas they replaced."""
+    levels = torch.arange(256, dtype=torch.float64) / 255
+    assert np.array_equal(color_np.linear_u8_table(), color.srgb_to_linear(levels).float().numpy())
+    gray_l = color.rgb_to_lightness(levels.expand(3, 1, 256))[0, 0].float().numpy()
+    np.testing.assert_allclose(color_np.gray_lightness_u8_table(), gray_l, rtol=0, atol=1e-5)
+    white = torch.tensor(color.WHITE_D65, dtype=torch.float64)
+    m = torch.linalg.inv(torch.tensor(color._RGB_TO_XYZ, dtype=torch.float64)) * white
+    np.testing.assert_allclose(color_np.xyz_over_white_to_linear(np.float64), m.numpy(), rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(321, 481), (1000, 37), (97, 5), (40, 60)])
+def test_antialiased_shrink_is_the_pipelines(size):
+    l = torch.rand(1, 1, *size) * 100
+    want = load_colorizer("regression", select_backend("cpu"))._shrink(l)[0, 0].numpy()
+    got = ort_pipeline.shrink(l[0, 0].numpy(), 96)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_guided_upsample_is_the_pipelines(rng):
+    l_small = torch.from_numpy(rng.uniform(0, 100, (1, 1, 24, 36)).astype(np.float32))
+    ab_small = torch.from_numpy(rng.uniform(-60, 60, (1, 2, 24, 36)).astype(np.float32))
+    l_full = torch.from_numpy(rng.uniform(0, 100, (1, 1, 97, 150)).astype(np.float32))
+    want = guided_upsample(l_small, ab_small, l_full).permute(0, 2, 3, 1)[0].numpy()
+    got = ort_pipeline.guided_upsample(l_small[0, 0].numpy(), ab_small[0].numpy(), l_full[0, 0].numpy())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-3)
+
+
+def test_float_lightness_is_the_pipelines(rng):
+    rgb = rng.uniform(0, 1, (13, 17, 3)).astype(np.float32)
+    want = load_colorizer("regression", select_backend("cpu")).lightness(rgb).numpy()
+    np.testing.assert_allclose(ort_pipeline.OrtColorizer.lightness(rgb), want, rtol=0, atol=1e-4)
+
+
+def _photo_ls(rng) -> list[np.ndarray]:
+    """Two photos' L of one work shape (a texture, so that the upsampling has edges to follow)."""
+    base = rng.uniform(0, 100, (1, 1, 40, 60)).astype(np.float32)
+    big = F.interpolate(torch.from_numpy(base), size=(321, 481), mode="bicubic").clamp(0, 100).numpy()
+    return [big, np.ascontiguousarray(big[..., ::-1])]
+
+
+@pytest.mark.parametrize(
+    "model, options",
+    [("regression", {}), ("classification", {}), ("classification", {"temperature": 0.3, "correction": 0.0})],
+)
+def test_same_ab_as_pytorchs_pipeline_on_onnx_runtime(model, options, rng):
+    """After one PyTorch run on the onnxruntime backend (which leaves the export), the path without
+    PyTorch gives that run's ab: the same ONNX network, the same steps around it."""
+    reference = load_colorizer(model, select_backend("onnxruntime"), **options)
+    lite = ort_pipeline.load(model, "onnxruntime", None, None, options)
+    assert lite is not None and lite.work_shape(321, 481) == reference.work_shape(321, 481)
+    reference.saturation = lite.saturation = 0.8
+    ls = _photo_ls(rng)
+    want = reference.predict_ab_many([torch.from_numpy(l) for l in ls])
+    got = lite.predict_ab_many(ls)
+    for w, g in zip(want, got):
+        np.testing.assert_allclose(g[0], w[0].permute(1, 2, 0).numpy(), rtol=0, atol=0.05)
+    rgb = lite.compose_u8(ls[0], got[0])
+    assert np.abs(rgb.astype(int) - reference.compose_u8(torch.from_numpy(ls[0]), want[0]).astype(int)).max() <= 1
+    np.testing.assert_allclose(
+        lite.compose(ls[0], got[0]), reference.compose(torch.from_numpy(ls[0]), want[0]), atol=2e-3
+    )
+
+
+def test_threads_are_onnx_runtimes():
+    load_colorizer("regression", select_backend("onnxruntime"))
+    lite = ort_pipeline.load("regression", "onnxruntime", None, None, {})
+    lite.set_threads(1)
+    assert lite.get_threads() == 1 and lite.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_what_stays_on_pytorchs_path():
+    load_colorizer("regression", select_backend("onnxruntime"))  # the export is cached from here on
+    assert ort_pipeline.load("regression", "onnxruntime", None, None, {}) is not None
+    assert ort_pipeline.load("regression", "cpu", None, None, {}) is None  # PyTorch asked for
+    load_colorizer("gan", select_backend("onnxruntime"))
+    assert ort_pipeline.load("gan", "onnxruntime", None, None, {}) is None  # noise from PyTorch's generator
+    load_colorizer("classification", select_backend("onnxruntime"))
+    assert ort_pipeline.load("classification", "onnxruntime", None, None, {"method": "argmax"}) is None
+    assert ort_pipeline.load("classification", "onnxruntime", None, None, {"temperature": 0.0}) is None
+    assert ort_pipeline.load("regression", "onnxruntime", None, None, {"temperature": 0.3}) is None
+
+
+def test_a_damaged_export_falls_back_and_is_written_again():
+    sha = file_sha256(get_spec("regression").weights_path())
+    load_colorizer("regression", select_backend("onnxruntime"))
+    graph, sidecar = bundle.paths(sha)
+    graph.write_bytes(b"not an onnx graph")
+    assert ort_pipeline.load("regression", "onnxruntime", None, None, {}) is None
+    assert not sidecar.exists()  # dropped, so that PyTorch's next run exports again
+    load_colorizer("regression", select_backend("onnxruntime"))
+    assert ort_pipeline.load("regression", "onnxruntime", None, None, {}) is not None
+    sidecar.write_text(json.dumps({**json.loads(sidecar.read_text()), "version": bundle.VERSION + 1}))
+    assert bundle.read(sha) is None
+
+
+def test_a_run_of_photos_imports_no_torch(tmp_path):
+    """The whole command, after a first run that leaves the export: the photo coloured, torch never loaded."""
+    env = {**os.environ, "COLORIZE_CACHE_DIR": str(tmp_path / "cache")}
+    first = [
+        sys.executable,
+        "-m",
+        "colorcli",
+        str(EXAMPLE),
+        "-o",
+        str(tmp_path / "first.png"),
+        "--backend",
+        "onnxruntime",
+    ]
+    subprocess.run(first, check=True, env=env, cwd=ROOT, capture_output=True)
+    marker = tmp_path / "torch-imported"
+    code = (
+        "import atexit, sys; "
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').write(str('torch' in sys.modules))); "
+        "from colorcli.app import main; main()"
+    )
+    second = [str(EXAMPLE), "-o", str(tmp_path / "second.png"), "--backend", "onnxruntime"]
+    subprocess.run([sys.executable, "-c", code, *second], check=True, env=env, cwd=ROOT, capture_output=True)
+    assert marker.read_text() == "False"
+    import cv2
+
+    a, b = (cv2.imread(str(tmp_path / n)).astype(int) for n in ("first.png", "second.png"))
+    assert np.abs(a - b).max() <= 1
