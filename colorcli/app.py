@@ -315,11 +315,13 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
 
 def _torch_free_colorizer(jobs: list[Job], opts: RunOptions):
     """The engine on the photo path without PyTorch (``engines.ort_pipeline``; start-up 2 s shorter) when
-    this run can take it: photos only (films need PyTorch's smoothing), one colouring each, and what
+    this run can take it: photos only (films need PyTorch's smoothing), seeds its noise takes, and what
     ``ort_pipeline.load`` asks. None otherwise, or if it fails to load (PyTorch's path then says why)."""
     from engines.video.streams import is_video
 
-    if opts.samples > 1 or any(job.error is None and is_video(Path(job.input)) for job in jobs):
+    if not 0 <= opts.seed <= 2**32 - opts.samples or any(
+        job.error is None and is_video(Path(job.input)) for job in jobs
+    ):
         return None
     from engines import ort_pipeline
 

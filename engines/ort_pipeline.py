@@ -51,9 +51,8 @@ def load(
 ) -> OrtColorizer | None:
     """The engine on this path, or None where PyTorch's pipeline must run: another backend asked for
     (``cpu``, ``cuda``, ``tensorrt``), a GPU that ``auto`` might use, no export cached yet for this engine
-    file, an engine with a noise input (GAN: its noise comes from PyTorch's generator, and the same
-    seed must give the same colouring on either path), one predicting YUV, the ``argmax`` decoding, or
-    decoding options the engine cannot take (PyTorch's path reports those)."""
+    file, one predicting YUV, the ``argmax`` decoding, or decoding options the engine cannot take
+    (PyTorch's path reports those)."""
     if backend not in ("auto", "onnxruntime") or importlib.util.find_spec("onnxruntime") is None:
         return None
     why = gpu_unusable()
@@ -65,7 +64,7 @@ def load(
     except OSError:
         return None
     meta = bundle.read(sha)
-    if meta is None or meta["in_channels"] != 1 or meta["color_space"] != "lab":
+    if meta is None or meta["in_channels"] != (2 if meta["family"] == "gan" else 1) or meta["color_space"] != "lab":
         return None
     options = dict(decode_options)
     method = options.pop("method", "annealed")
@@ -117,6 +116,38 @@ def shrink(l: np.ndarray, working_size: int) -> np.ndarray:
     return cv2.gemm(rows, _antialias_weights(w, sw), 1, None, 0, flags=cv2.GEMM_2_T)
 
 
+def noise_like_torch(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """``torch.randn(shape, generator=torch.Generator().manual_seed(seed))`` without PyTorch (within 2e-6;
+    a test holds it), for the GAN's noise input: the same seed gives the same colouring on either path.
+
+    PyTorch's CPU generator is the standard MT19937 seeded as NumPy's legacy ``RandomState`` seeds it;
+    ``randn`` of 16 values or more draws one 24-bit uniform per value, then turns each run of 16 into
+    normals by Box-Muller (value j with j + 8), and redraws the last 16 when the count is not a
+    multiple of 16. ``seed`` in [0, 2**32), at least 16 values."""
+    n = int(np.prod(shape))
+    if n < 16 or not 0 <= seed < 2**32:
+        raise ValueError("noise needs at least 16 values and a seed in [0, 2**32)")
+    bits = np.random.MT19937()
+    bits.state = {
+        "bit_generator": "MT19937",
+        "state": dict(zip(("key", "pos"), np.random.RandomState(seed).get_state()[1:3])),
+    }
+
+    def uniform(k: int) -> np.ndarray:
+        return ((bits.random_raw(k) & 0xFFFFFF) * 2.0**-24).astype(np.float32).astype(np.float64)
+
+    def box_muller(u: np.ndarray) -> np.ndarray:  # (k, 16) uniforms -> normals
+        radius, theta = np.sqrt(-2 * np.log(1 - u[:, :8])), 2 * np.pi * u[:, 8:]
+        return np.concatenate((radius * np.cos(theta), radius * np.sin(theta)), axis=1).ravel()
+
+    out = np.empty(n, np.float32)
+    whole = n // 16 * 16
+    out[:whole] = box_muller(uniform(n)[:whole].reshape(-1, 16))
+    if n % 16:
+        out[n - 16 :] = box_muller(uniform(16).reshape(1, 16))
+    return out.reshape(shape)
+
+
 def _box(planes: np.ndarray, r: int) -> np.ndarray:
     """Mean over a (2r+1)^2 window of each ``(h, w)`` plane, edges replicated (``engines.pipeline._box``)."""
     out = np.empty_like(planes)
@@ -147,7 +178,6 @@ class OrtColorizer:
     """``engines.pipeline.Colorizer``'s interface for photos (what ``colorcli.app``'s photo pipeline
     calls), on NumPy arrays: L ``(1, 1, H, W)`` float32, ab ``(1, H, W, 2)`` float32."""
 
-    noise_input = False
     on_cpu = True
 
     def __init__(
@@ -155,6 +185,7 @@ class OrtColorizer:
     ):
         self.meta, self.working_size, self.name, self.notes = meta, working_size, name, notes
         self.multiple = meta["multiple"]
+        self.noise_input = meta["in_channels"] == 2  # a GAN generator: gray and noise (``gan.with_noise``)
         self.extra_inputs = {}
         if meta["family"] == "classification":
             self.extra_inputs = {
@@ -198,6 +229,8 @@ class OrtColorizer:
             raise ValueError(f"saturation must be at least 0, got {self.saturation}")
         smalls = [shrink(l[0, 0], self.working_size) for l in ls]
         inputs = [self._network_input(s) for s in smalls]
+        if self.noise_input:  # each photo the map it gets alone, as in PyTorch's path
+            inputs = [np.concatenate((x, noise_like_torch(x.shape, self.seed))) for x in inputs]
         if len({x.shape for x in inputs}) != 1:
             raise ValueError("photos of one batch must have the same work_shape")
         feed = {self.input_name: np.stack(inputs), **self.extra_inputs}

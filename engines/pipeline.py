@@ -253,7 +253,11 @@ def _leave_decoded_bundle(path: Path, ckpt: checkpoint.EngineCheckpoint) -> tupl
     if that failed (the run goes on)."""
     from engines.runtime import bundle, export
 
-    if ckpt.arch.in_channels != 1 or ckpt.color_space != "lab" or runtime.ort_problem() is not None:
+    if (
+        ckpt.arch.in_channels != (2 if ckpt.family == "gan" else 1)
+        or ckpt.color_space != "lab"
+        or runtime.ort_problem()
+    ):
         return ()  # engines that path does not take (engines.ort_pipeline.load)
     try:
         sha = trt_backend.file_sha256(path)
