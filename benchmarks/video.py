@@ -121,11 +121,12 @@ def make_gray_clip(clips: list[Path], dst: Path) -> int:
     return n
 
 
-def command_run(clip: Path, dst: Path, model: str, root: Path) -> int:
-    """The whole ``colorize CLIP -o DST --model MODEL --backend cpu`` command, run from ``root``'s code
-    in a fresh process; returns the frame count of the output."""
-    cmd = [sys.executable, "-m", "colorcli", str(clip), "-o", str(dst), "--model", model, "--backend", "cpu"]
-    subprocess.run([*cmd, "--overwrite"], cwd=root, check=True, capture_output=True)
+def command_run(clip: Path, dst: Path, model: str, root: Path, backend: str = "cpu", cache: Path | None = None) -> int:
+    """The whole ``colorize CLIP -o DST --model MODEL --backend BACKEND`` command, run from ``root``'s code
+    in a fresh process (with ``cache`` as its cache folder); returns the frame count of the output."""
+    cmd = [sys.executable, "-m", "colorcli", str(clip), "-o", str(dst), "--model", model, "--backend", backend]
+    env = {**os.environ, **({"COLORIZE_CACHE_DIR": str(cache)} if cache else {})}
+    subprocess.run([*cmd, "--overwrite"], cwd=root, env=env, check=True, capture_output=True)
     with av.open(str(dst)) as c:
         return c.streams.video[0].frames
 
@@ -154,9 +155,12 @@ def measure_speed(
     clip: Path, predict_ab, repeat: int, tmp: Path, model: str, root: Path
 ) -> dict[str, tuple[float, float]]:
     """name -> (frames/s wall-clock, CPU ms/frame), medians of ``repeat`` interleaved runs."""
+    # auto: the path without PyTorch once a first run (this warm-up) has left the export in the cache.
+    command_run(clip, tmp / "command.mp4", model, root, "auto", tmp / "cache")
     runs = {
         "floor": lambda: floor_transcode(clip, tmp / "floor.mp4", VideoOptions()),
-        "command": lambda: command_run(clip, tmp / "command.mp4", model, root),
+        "command auto": lambda: command_run(clip, tmp / "command.mp4", model, root, "auto", tmp / "cache"),
+        "command": lambda: command_run(clip, tmp / "command.mp4", model, root, "cpu", tmp / "cache"),
         "off": lambda: colorize_video(clip, tmp / "off.mp4", predict_ab, VideoOptions(smoothing="off")).frames,
         "on": lambda: colorize_video(clip, tmp / "on.mp4", predict_ab, VideoOptions(smoothing="flow")).frames,
     }
@@ -243,7 +247,7 @@ def peak_rss_mb(clip: Path, dst: Path, threads: int) -> tuple[float, int]:
         "from engines.pipeline import load_colorizer; from engines.runtime.backends import select_backend;"
         "from engines.video.film import colorize_video;"
         "c = load_colorizer('regression', select_backend('cpu'));"
-        f"r = colorize_video(Path({str(clip)!r}), Path({str(dst)!r}), c.predict_ab);"
+        f"r = colorize_video(Path({str(clip)!r}), Path({str(dst)!r}), c.predict_frames);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, r.frames)"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, capture_output=True, text=True)
@@ -330,7 +334,8 @@ def _speed_section(args: argparse.Namespace, load: tuple, clip: Path, predict_ab
     ]
     labels = {
         "floor": "decode + re-encode (floor)",
-        "command": f"`colorize CLIP --model {args.model} --backend cpu` (whole command, smoothing on)",
+        "command auto": f"`colorize CLIP --model {args.model}` (whole command, smoothing on; auto: without PyTorch)",
+        "command": f"`colorize CLIP --model {args.model} --backend cpu` (whole command, smoothing on; PyTorch)",
         "off": "pipeline in process, regression, smoothing off",
         "on": "pipeline in process, regression, smoothing on",
     }
@@ -421,10 +426,10 @@ def main() -> None:
         if clip is None:
             clip = tmp / "davis-joined-gray.mp4"
             make_gray_clip(davis, clip)
-        lines = _speed_section(args, load, clip, colorizer.predict_ab, tmp)
+        lines = _speed_section(args, load, clip, colorizer.predict_frames, tmp)
         print("\n".join(lines), flush=True)
         if not args.skip_quality:
-            lines += _quality_section(davis, colorizer.predict_ab, tmp)
+            lines += _quality_section(davis, colorizer.predict_frames, tmp)
         if not args.skip_memory:
             lines += _memory_section(davis[0], tmp, args.threads)
     text = "\n".join(lines) + "\n"

@@ -272,7 +272,7 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     # The photos at the head of the list are read while the engine loads (importing PyTorch alone
     # takes seconds of one core); then the heavy imports, now that the arguments are known to be sensible.
     with _Prefetch(_leading_photos(jobs), opts) as prefetch:
-        colorizer = _torch_free_colorizer(jobs, opts)
+        colorizer = _torch_free_colorizer(opts)
         if colorizer is None:
             from engines.models.checkpoint import CheckpointError
             from engines.pipeline import load_colorizer
@@ -313,20 +313,18 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def _torch_free_colorizer(jobs: list[Job], opts: RunOptions):
-    """The engine on the photo path without PyTorch (``engines.ort_pipeline``; start-up 2 s shorter) when
-    this run can take it: photos only (films need PyTorch's smoothing), seeds its noise takes, and what
-    ``ort_pipeline.load`` asks. None otherwise, or if it fails to load (PyTorch's path then says why)."""
-    from engines.video.streams import is_video
-
-    if not 0 <= opts.seed <= 2**32 - opts.samples or any(
-        job.error is None and is_video(Path(job.input)) for job in jobs
-    ):
+def _torch_free_colorizer(opts: RunOptions):
+    """The engine on the path without PyTorch (``engines.ort_pipeline``; start-up 2 s shorter) when this
+    run can take it: seeds its noise takes, and what ``ort_pipeline.load`` asks. None otherwise, or if
+    it fails to load (PyTorch's path then says why)."""
+    if not 0 <= opts.seed <= 2**32 - opts.samples:
         return None
     from engines import ort_pipeline
 
     try:
-        return ort_pipeline.load(opts.model, opts.backend, opts.weights, opts.working_size, opts.decode_options)
+        return ort_pipeline.load(
+            opts.model, opts.backend, opts.weights, opts.working_size, opts.decode_options, threads=opts.threads or 1
+        )
     except Exception:  # noqa: BLE001 - e.g. a damaged cached graph: PyTorch's path runs and exports it again
         return None
 
@@ -358,8 +356,6 @@ def _report(job: Job, seconds: float, opts: RunOptions) -> None:
 
 
 def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -> str | None:
-    import torch
-
     from engines.media.formats import VIDEO_OUTPUT_FORMATS
     from engines.video.film import VideoError, VideoOptions, colorize_video
 
@@ -369,16 +365,16 @@ def _colorize_film(colorizer, job: Job, opts: RunOptions, progress: _progress) -
         job.output = str(out)
     if out.exists() and not opts.overwrite:
         return f"output {out} exists (use --overwrite to replace it)"
-    threads = torch.get_num_threads()
-    if colorizer.device.type == "cpu" and opts.threads is None:
+    threads = colorizer.get_threads()
+    if colorizer.on_cpu and opts.threads is None:
         # Decoding, the engine and encoding run in parallel threads: one engine thread avoids
         # oversubscribing the cores (measured 5-10x slower torch ops with 2 threads on 2 cores).
         colorizer.set_threads(1)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         report = colorize_video(
-            Path(job.input), out, colorizer.predict_ab, VideoOptions(**opts.video), progress.frames,
-            resume=opts.resume, engine_key=_engine_key(colorizer, opts),
+            Path(job.input), out, colorizer.predict_frames, VideoOptions(**opts.video), progress.frames,
+            resume=opts.resume, engine_key=_engine_key(colorizer, opts), threads=colorizer.get_threads(),
         )  # fmt: skip
     except KeyboardInterrupt:
         partial = out.with_name(f".{out.name}.colorize-partial")
@@ -551,7 +547,7 @@ class _PhotoPipeline:
     def run(self) -> Iterator[tuple[Job, float]]:
         from concurrent.futures import ThreadPoolExecutor
 
-        from engines.runtime.memory import retain_freed_memory
+        from engines.runtime.host import retain_freed_memory
 
         retain_freed_memory()  # photo-sized temporaries: reuse freed memory, no fresh page faults
         threads = self.colorizer.get_threads()

@@ -124,6 +124,15 @@ def rgb_u8_hwc_to_lightness(rgb_u8: np.ndarray) -> np.ndarray:
     return cv2.addWeighted(root, 116.0, below, _KAPPA, -16.0).reshape(h, w)
 
 
+def rgb_hwc_to_lightness(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB L ``(H, W)`` float32 of sRGB values in [0, 1] ``(H, W, 3)`` (16-bit photos, reference frames)."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    lin = srgb_to_linear(rgb).astype(np.float32).reshape(1, h * w, 3)
+    return lightness_of_luminance(cv2.transform(lin, np.float32(_RGB_TO_XYZ[1:2]))).reshape(h, w)
+
+
 def gray_u8_lightness_table(levels: np.ndarray) -> np.ndarray:
     """For a decoder's luma level -> gray RGB level mapping ``levels`` (256 uint8), the CIELAB L of each
     luma level (256 float32): gray video frames go straight from their Y plane to L with one ``cv2.LUT``."""

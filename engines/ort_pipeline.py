@@ -1,12 +1,12 @@
-"""The photo pipeline without PyTorch: ONNX Runtime runs the engine (its network and decoding, from
-the cache: ``engines.runtime.bundle``), NumPy and OpenCV do every step around it that
+"""The pipeline without PyTorch, for photos and films: ONNX Runtime runs the engine (its network and
+decoding, from the cache: ``engines.runtime.bundle``), NumPy and OpenCV do every step around it that
 ``engines.pipeline.Colorizer`` does, with the same numbers up to float rounding (tests bound it).
 
 Why: importing PyTorch costs about 2 s of a core, most of a short run (one photo's command took
 2.5 s here, a folder of 200 photos 4.9 s), and a shell loop of one ``colorize PHOTO`` per photo pays it
-every time. ``--backend auto`` (on a machine where no GPU can be used) and ``--backend onnxruntime``
-take this path for runs of photos once a PyTorch run of the engine on the CPU has left its export in
-the cache; see ``load`` for what stays on PyTorch's path.
+every time, and so does every film. ``--backend auto`` (on a machine where no GPU can be used) and
+``--backend onnxruntime`` take this path once a PyTorch run of the engine on the CPU has left its
+export in the cache; see ``load`` for what stays on PyTorch's path.
 """
 
 from __future__ import annotations
@@ -47,12 +47,13 @@ def gpu_unusable() -> str | None:
 
 
 def load(
-    model: str, backend: str, weights: Path | None, working_size: int | None, decode_options: dict
+    model: str, backend: str, weights: Path | None, working_size: int | None, decode_options: dict, threads: int = 1
 ) -> OrtColorizer | None:
     """The engine on this path, or None where PyTorch's pipeline must run: another backend asked for
     (``cpu``, ``cuda``, ``tensorrt``), a GPU that ``auto`` might use, no export cached yet for this engine
     file, one predicting YUV, the ``argmax`` decoding, or decoding options the engine cannot take
-    (PyTorch's path reports those)."""
+    (PyTorch's path reports those). ``threads``: ONNX Runtime's, as the pipeline will want them (its
+    stages run in parallel: one on a small machine), so that the session is made once."""
     if backend not in ("auto", "onnxruntime") or importlib.util.find_spec("onnxruntime") is None:
         return None
     why = gpu_unusable()
@@ -78,7 +79,7 @@ def load(
     try:
         return OrtColorizer(
             meta, working_size or meta["working_size"], name=model, notes=notes,
-            temperature=1.0 if method == "mean" else temperature, correction=correction,
+            temperature=1.0 if method == "mean" else temperature, correction=correction, threads=threads,
         )  # fmt: skip
     except Exception:  # noqa: BLE001 - a damaged graph (ONNX Runtime raises its own types): PyTorch's path exports it again
         bundle.paths(sha)[1].unlink(missing_ok=True)
@@ -181,7 +182,14 @@ class OrtColorizer:
     on_cpu = True
 
     def __init__(
-        self, meta: dict, working_size: int, name: str, notes: tuple[str, ...], temperature: float, correction: float
+        self,
+        meta: dict,
+        working_size: int,
+        name: str,
+        notes: tuple[str, ...],
+        temperature: float,
+        correction: float,
+        threads: int,
     ):
         self.meta, self.working_size, self.name, self.notes = meta, working_size, name, notes
         self.multiple = meta["multiple"]
@@ -193,18 +201,25 @@ class OrtColorizer:
                 "correction": np.array(correction, np.float32),
             }
         self.seed, self.saturation = 0, 1.0
-        self.threads = os.cpu_count() or 1
-        self.set_threads(self.threads)
+        self.threads, self.session = threads, None
+        self._session()  # made now: a damaged graph fails here, in ``load``
 
     def set_threads(self, n: int) -> None:
-        """ONNX Runtime's threads for the engine: a session's pool is fixed when made, so a new session."""
+        """ONNX Runtime's threads for the engine (a session's pool is fixed when it is made: a new one)."""
+        if n != self.threads:
+            self.threads = n
+            self._session()
+
+    def _session(self) -> None:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads, opts.inter_op_num_threads = n, 1
+        opts.intra_op_num_threads, opts.inter_op_num_threads = self.threads, 1
         self.session = ort.InferenceSession(str(self.meta["onnx"]), opts, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-        self.threads = n
+
+    def _run(self, feed: dict) -> np.ndarray:
+        name = self.session.get_inputs()[0].name
+        return self.session.run(None, {name: feed.pop("x"), **feed})[0]
 
     def get_threads(self) -> int:
         return self.threads
@@ -233,9 +248,14 @@ class OrtColorizer:
             inputs = [np.concatenate((x, noise_like_torch(x.shape, self.seed))) for x in inputs]
         if len({x.shape for x in inputs}) != 1:
             raise ValueError("photos of one batch must have the same work_shape")
-        feed = {self.input_name: np.stack(inputs), **self.extra_inputs}
-        ab_work = self.session.run(None, feed)[0]
+        ab_work = self._run({"x": np.stack(inputs), **self.extra_inputs})
         return [partial(self._full_size_ab, l, s, ab_work[k]) for k, (l, s) in enumerate(zip(ls, smalls))]
+
+    def predict_frames(self, l: np.ndarray) -> np.ndarray:
+        """Film frames' L ``(N, 1, H, W)`` -> ab ``(N, 2, H, W)`` (a channels-last view): what
+        ``engines.video.film.colorize_video`` takes."""
+        finishes = self.predict_ab_many_deferred([frame[None] for frame in l])
+        return np.concatenate([finish() for finish in finishes]).transpose(0, 3, 1, 2)
 
     def predict_ab_many(self, ls: list[np.ndarray]) -> list[np.ndarray]:
         return [finish() for finish in self.predict_ab_many_deferred(ls)]
@@ -254,9 +274,7 @@ class OrtColorizer:
         """As ``Colorizer.lightness``: uint8 levels by table, float32 values in [0, 1] by the formula."""
         if rgb.dtype == np.uint8:
             return color_np.rgb_u8_hwc_to_lightness(rgb)[None, None]
-        lin = color_np.srgb_to_linear(np.asarray(rgb, dtype=np.float32)).astype(np.float32)
-        y = cv2.transform(lin.reshape(1, -1, 3), np.float32(color_np._RGB_TO_XYZ[1:2])).reshape(lin.shape[:2])
-        return color_np.lightness_of_luminance(y)[None, None]
+        return color_np.rgb_hwc_to_lightness(rgb)[None, None]
 
     @staticmethod
     def compose_u8(l: np.ndarray, ab: np.ndarray) -> np.ndarray:

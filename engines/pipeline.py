@@ -172,6 +172,11 @@ class Colorizer:
             l_in = gan.with_noise(l_in, self.seed)
         return self._full_size_ab(l, l_small, self._engine(l_in))
 
+    def predict_frames(self, l: np.ndarray) -> np.ndarray:
+        """``predict_ab`` on NumPy arrays, what ``engines.video.film.colorize_video`` takes: L ``(N, 1, H, W)``
+        -> ab ``(N, 2, H, W)`` (laid out channels-last where upsampled)."""
+        return self.predict_ab(torch.from_numpy(np.ascontiguousarray(l, dtype=np.float32))).numpy()
+
     def predict_ab_many(self, ls: list[torch.Tensor]) -> list[torch.Tensor]:
         """Photos' L, each ``(1, 1, H, W)`` (sizes may differ, ``work_shape`` may not) -> their ab, with one
         network call for all. Each photo's ab is ``predict_ab`` of it alone, up to float rounding: the

@@ -26,7 +26,7 @@ ROOMS = {
     "media": {"files"},
     "models": {"color", "metrics", "files"},
     "runtime": {"models", "color", "files"},
-    "video": {"color", "media", "files", "runtime"},  # runtime: process memory settings for long films
+    "video": {"color_np", "media", "files", "runtime"},  # runtime: process memory settings for long films
     "evaluation": {"color", "metrics", "media", "models", "video", "files"},
     "pipeline": {"color", "models", "runtime"},
     # The photo path without PyTorch; PyTorch's pipeline only for the float compose of 16-bit photos.

@@ -136,9 +136,9 @@ def tiny_engine() -> Colorizer:
 
 
 def constant_ab(a: float, b: float):
-    def predict(l: torch.Tensor) -> torch.Tensor:
+    def predict(l: np.ndarray) -> np.ndarray:
         n, _, h, w = l.shape
-        return torch.tensor([a, b], dtype=torch.float32).view(1, 2, 1, 1).expand(n, 2, h, w).clone()
+        return np.broadcast_to(np.float32([a, b]).reshape(1, 2, 1, 1), (n, 2, h, w)).copy()
 
     return predict
 
@@ -158,7 +158,7 @@ def engine() -> Colorizer:
 def test_frames_pts_time_base_rate_and_duration_are_kept(tmp_path, engine):
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
     pts = make_clip(src, n=15, audio="aac")
-    report = colorize_video(src, dst, engine.predict_ab, FAST)
+    report = colorize_video(src, dst, engine.predict_frames, FAST)
     assert report.frames == 15 and report.corrupt_frames_bridged == 0
     out_pts, tb = video_pts(dst)
     assert tb == Fraction(1, 30000)
@@ -283,7 +283,7 @@ def test_subtitles_are_converted_where_the_container_needs_it(tmp_path):
 def test_lightness_is_kept_and_colour_is_tagged(tmp_path, engine):
     src, dst = tmp_path / "in.mp4", tmp_path / "out.mp4"
     make_clip(src, n=6)
-    colorize_video(src, dst, engine.predict_ab, FAST)
+    colorize_video(src, dst, engine.predict_frames, FAST)
     before, after = decode_rgb(src), decode_rgb(dst)
     dl = np.abs(lab(after[3])[..., 0] - lab(before[3])[..., 0])
     assert dl.mean() < 1.5
@@ -305,8 +305,8 @@ def test_colour_input_is_treated_as_gray(tmp_path, engine):
     # Lossless RGB input, so that both clips reach the pipeline with the same lightness.
     make_clip(tmp_path / "colour.mkv", colour, codec="ffv1", pix_fmt="bgr0")
     make_clip(tmp_path / "gray.mkv", gray, codec="ffv1", pix_fmt="bgr0")
-    colorize_video(tmp_path / "colour.mkv", tmp_path / "a.mp4", engine.predict_ab, FAST)
-    colorize_video(tmp_path / "gray.mkv", tmp_path / "b.mp4", engine.predict_ab, FAST)
+    colorize_video(tmp_path / "colour.mkv", tmp_path / "a.mp4", engine.predict_frames, FAST)
+    colorize_video(tmp_path / "gray.mkv", tmp_path / "b.mp4", engine.predict_frames, FAST)
     a, b = decode_rgb(tmp_path / "a.mp4"), decode_rgb(tmp_path / "b.mp4")
     assert np.abs(np.stack(a) - np.stack(b)).mean() < 1.5 / 255
     # ... and the colour input's own colours are gone.
@@ -322,7 +322,7 @@ def test_compose_rgb_is_lab_to_rgb_keep_lightness_in_8_bits(rng, layout):
     if layout == "planar":
         ab = ab.contiguous()
     expected = (color.lab_to_rgb_keep_lightness(l, ab) * 255).round().permute(1, 2, 0).numpy()
-    got = compose_rgb(l, ab)
+    got = compose_rgb(l.numpy(), ab.numpy())
     assert got.dtype == np.uint8 and got.shape == (40, 50, 3) and got.flags.c_contiguous
     diff = np.abs(got.astype(np.float64) - expected)
     # The same gamut mapping; the 8-bit encoding differs only where a value is within float rounding of a level boundary.
@@ -340,13 +340,13 @@ def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
     frame = av.VideoFrame.from_ndarray(gray_rgb, format="rgb24").reformat(format="yuv420p")
     l, gray_luma = _FrameLightness(w, h)(frame)
     truth = _texture(rng, h, w)  # a smooth colour field like an engine's
-    ab = color.rgb_to_lab(torch.from_numpy(truth).permute(2, 0, 1).float())[1:]  # |ab| ~50, some out of gamut
+    ab = color.rgb_to_lab(torch.from_numpy(truth).permute(2, 0, 1).float())[1:].numpy()  # |ab| ~50, some out of gamut
     ideal = compose_rgb(l, ab)  # full-size RGB, before any subsampling
     via_rgb = encoder_frame_to_rgb(rgb_to_encoder_frame(ideal, "yuv420p"))
     half = (w // 2, h // 2)
-    l_half = torch.from_numpy(cv2.resize(l[0].numpy(), half, interpolation=cv2.INTER_AREA))[None]
-    ab_half = torch.from_numpy(cv2.resize(ab.permute(1, 2, 0).numpy(), half, interpolation=cv2.INTER_AREA))
-    out = compose_yuv420(l_half, ab_half.permute(2, 0, 1), gray_luma)
+    l_half = cv2.resize(l[0], half, interpolation=cv2.INTER_AREA)[None]
+    ab_half = cv2.resize(ab.transpose(1, 2, 0), half, interpolation=cv2.INTER_AREA)
+    out = compose_yuv420(l_half, ab_half.transpose(2, 0, 1), gray_luma)
     assert out.format.name == "yuv420p" and (out.width, out.height) == (w, h)
     assert (int(out.colorspace), int(out.color_range), int(out.color_trc), int(out.color_primaries)) == (1, 1, 1, 1)
     direct = encoder_frame_to_rgb(out)
@@ -357,7 +357,7 @@ def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
     assert loss_direct < 1.05 * loss_rgb, (loss_direct, loss_rgb)
     assert np.abs(direct.astype(int) - via_rgb).mean() < 0.5 * loss_rgb
     # Zero chroma: the luma plane is the gray's, exactly, and the chroma neutral.
-    neutral = compose_yuv420(l_half, torch.zeros_like(ab_half).permute(2, 0, 1), gray_luma)
+    neutral = compose_yuv420(l_half, np.zeros_like(ab_half).transpose(2, 0, 1), gray_luma)
     planes = [_plane_u8(p) for p in neutral.planes]
     assert np.array_equal(planes[0], gray_luma)
     assert np.abs(planes[1].astype(int) - 128).max() <= 1 and np.abs(planes[2].astype(int) - 128).max() <= 1
@@ -368,9 +368,9 @@ def test_4_2_0_films_colour_at_chroma_resolution_with_full_size_luma(tmp_path):
     detail, exactly where the engine gives gray, for black-and-white and colour sources alike."""
     sizes = []
 
-    def gray_engine(l: torch.Tensor) -> torch.Tensor:
+    def gray_engine(l: np.ndarray) -> np.ndarray:
         sizes.append(tuple(l.shape[-2:]))
-        return torch.zeros(l.shape[0], 2, *l.shape[-2:])
+        return np.zeros((l.shape[0], 2, *l.shape[-2:]), np.float32)
 
     rng = np.random.default_rng(4)
     detail = np.repeat(rng.random((48, 64, 1)), 3, axis=2)
@@ -389,8 +389,8 @@ def test_4_2_0_films_colour_at_chroma_resolution_with_full_size_luma(tmp_path):
 
 def test_gray_lightness_shortcut_matches_the_formula(rng):
     gray = np.repeat(rng.integers(0, 256, (30, 40, 1), dtype=np.uint8), 3, axis=2)
-    expected = color.rgb_to_lightness(torch.from_numpy(gray).permute(2, 0, 1).float() / 255)
-    assert torch.allclose(lightness_of_rgb_u8(gray), expected, atol=1e-4)
+    expected = color.rgb_to_lightness(torch.from_numpy(gray).permute(2, 0, 1).float() / 255).numpy()
+    np.testing.assert_allclose(lightness_of_rgb_u8(gray), expected, rtol=0, atol=1e-4)
 
 
 # --- temporal smoothing ------------------------------------------------------------------------
@@ -398,12 +398,12 @@ def test_gray_lightness_shortcut_matches_the_formula(rng):
 
 def _flicker(seed: int = 0, amplitude: float = 15.0):
     """A predict_ab that colours every frame uniformly, with a random per-frame offset (flicker)."""
-    gen = torch.Generator().manual_seed(seed)
+    gen = np.random.default_rng(seed)
 
-    def predict(l: torch.Tensor) -> torch.Tensor:
+    def predict(l: np.ndarray) -> np.ndarray:
         n, _, h, w = l.shape
-        ab = torch.tensor([20.0, 10.0]).view(1, 2, 1, 1) + amplitude * torch.randn(n, 2, 1, 1, generator=gen)
-        return ab.expand(n, 2, h, w).clone()
+        ab = np.float32([20.0, 10.0]).reshape(1, 2, 1, 1) + amplitude * gen.standard_normal((n, 2, 1, 1), np.float32)
+        return np.broadcast_to(ab, (n, 2, h, w)).copy()
 
     return predict
 
@@ -430,9 +430,9 @@ def test_smoothing_restarts_at_a_scene_cut(tmp_path):
     src = tmp_path / "cut.mp4"
     make_clip(src, [dark] * 6 + [bright] * 6)
 
-    def by_brightness(l: torch.Tensor) -> torch.Tensor:
-        a = torch.where(l.mean(dim=(1, 2, 3)) < 50, 40.0, -40.0)  # dark shot red, bright shot green
-        return torch.stack([a, torch.zeros_like(a)], 1)[..., None, None].expand(-1, -1, *l.shape[-2:]).clone()
+    def by_brightness(l: np.ndarray) -> np.ndarray:
+        a = np.where(l.mean(axis=(1, 2, 3)) < 50, 40.0, -40.0).astype(np.float32)  # dark shot red, bright shot green
+        return np.broadcast_to(np.stack([a, np.zeros_like(a)], 1)[..., None, None], (len(a), 2, *l.shape[-2:])).copy()
 
     strong = VideoOptions(crf=1, strength=0.9)
     report = colorize_video(src, tmp_path / "on.mp4", by_brightness, strong)
@@ -505,7 +505,7 @@ def test_the_smoothers_median_is_numpys(rng):
 def _counting(predict):
     seen = []
 
-    def counted(l: torch.Tensor) -> torch.Tensor:
+    def counted(l: np.ndarray) -> np.ndarray:
         seen.append(l.shape[0])
         return predict(l)
 
@@ -520,9 +520,9 @@ def test_the_engine_sees_every_nth_frame_and_each_frame_after_a_cut(tmp_path):
     src = tmp_path / "cut.mp4"
     make_clip(src, [dark] * 5 + [bright] * 7)  # the cut falls on frame 5, which the engine would skip
 
-    def by_brightness(l: torch.Tensor) -> torch.Tensor:
-        a = torch.where(l.mean(dim=(1, 2, 3)) < 50, 40.0, -40.0)
-        return torch.stack([a, torch.zeros_like(a)], 1)[..., None, None].expand(-1, -1, *l.shape[-2:]).clone()
+    def by_brightness(l: np.ndarray) -> np.ndarray:
+        a = np.where(l.mean(axis=(1, 2, 3)) < 50, 40.0, -40.0).astype(np.float32)
+        return np.broadcast_to(np.stack([a, np.zeros_like(a)], 1)[..., None, None], (len(a), 2, *l.shape[-2:])).copy()
 
     predict, seen = _counting(by_brightness)
     report = colorize_video(src, tmp_path / "on.mp4", predict, VideoOptions(crf=1, engine_interval=2))
@@ -660,7 +660,7 @@ def test_failure_midway_leaves_no_temp_file_and_dst_untouched(tmp_path):
     dst.write_bytes(b"previous film")
     calls = []
 
-    def failing(l: torch.Tensor) -> torch.Tensor:
+    def failing(l: np.ndarray) -> np.ndarray:
         calls.append(1)
         if len(calls) == 3:
             raise RuntimeError("engine exploded")
@@ -752,7 +752,7 @@ def test_segments_change_no_pixel_and_cost_little_encoding_error(tmp_path, engin
     runs = {}
     for name, crf, seconds in [("one0", 0, 100.0), ("many0", 0, 0.25), ("one", 18, 100.0), ("many", 18, 0.25)]:
         dst = tmp_path / f"{name}.mp4"
-        colorize_video(src, dst, engine.predict_ab, VideoOptions(crf=crf, batch_size=4, segment_seconds=seconds))
+        colorize_video(src, dst, engine.predict_frames, VideoOptions(crf=crf, batch_size=4, segment_seconds=seconds))
         runs[name] = np.stack(decode_rgb(dst))
     np.testing.assert_array_equal(runs["one0"], runs["many0"])
     error = {k: np.abs(runs[k] - runs["one0"]).mean() * 255 for k in ("one", "many")}
@@ -765,14 +765,14 @@ def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine,
     src = tmp_path / "in.mp4"
     make_clip(src, n=40, audio="aac")
     ref, dst = tmp_path / "ref.mp4", tmp_path / "out.mp4"
-    colorize_video(src, ref, engine.predict_ab, SEGMENTED)
+    colorize_video(src, ref, engine.predict_frames, SEGMENTED)
 
     def stop_at_20(done: int, total: int | None) -> None:
         if done == 20:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        colorize_video(src, dst, engine.predict_ab, SEGMENTED, progress=stop_at_20, engine_key={"e": 1})
+        colorize_video(src, dst, engine.predict_frames, SEGMENTED, progress=stop_at_20, engine_key={"e": 1})
     assert not dst.exists() and (_partial(dst) / "manifest.json").is_file()
     # Without --resume, or with other settings or another input: refused, the work kept.
     kept = sorted(p.name for p in _partial(dst).iterdir())
@@ -783,11 +783,11 @@ def test_an_interrupted_film_resumes_to_the_uninterrupted_film(tmp_path, engine,
         (SEGMENTED, {"e": 2}, "other settings"),
     ]:
         with pytest.raises(VideoError, match=message):
-            colorize_video(src, dst, engine.predict_ab, options, resume=message != "add --resume", engine_key=key)
+            colorize_video(src, dst, engine.predict_frames, options, resume=message != "add --resume", engine_key=key)
     assert sorted(p.name for p in _partial(dst).iterdir()) == kept and not dst.exists()
     seen = []
     report = colorize_video(
-        src, dst, engine.predict_ab, SEGMENTED, lambda d, t: seen.append(d), resume=True, engine_key={"e": 1}
+        src, dst, engine.predict_frames, SEGMENTED, lambda d, t: seen.append(d), resume=True, engine_key={"e": 1}
     )
     assert report.resumed_frames == 16 and report.frames == 40
     assert seen == list(range(16, 41))  # progress starts at the frames already done
@@ -887,9 +887,9 @@ def test_gray_frames_take_lightness_from_the_y_plane_exactly(rng, fmt):
     reader = _FrameLightness(w, h)
     rgb = _frame_to_rgb(frame, w, h)
     assert (rgb == rgb[..., :1]).all()  # a gray frame
-    via_rgb = color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1))  # the R = G = B table
+    via_rgb = color.rgb_u8_to_lightness(torch.from_numpy(rgb).permute(2, 0, 1)).numpy()  # the R = G = B table
     l, gray_luma = reader(frame)
-    assert torch.equal(l, via_rgb)
+    assert np.array_equal(l, via_rgb)
     # The luma the output's gray gets, by table: what the RGB path's conversion writes for that gray.
     assert np.array_equal(gray_luma, _plane_u8(rgb_to_encoder_frame(rgb, "yuv444p").planes[0]))
     # One chroma sample off neutral: not gray, so the RGB path, which still agrees to float rounding.
@@ -898,4 +898,6 @@ def test_gray_frames_take_lightness_from_the_y_plane_exactly(rng, fmt):
     l_t, gray_luma_t = reader(tinted)
     assert gray_luma_t is None
     rgb_t = _frame_to_rgb(tinted, w, h)
-    assert torch.allclose(l_t, color.rgb_u8_to_lightness(torch.from_numpy(rgb_t).permute(2, 0, 1)), atol=1e-4)
+    np.testing.assert_allclose(
+        l_t, color.rgb_u8_to_lightness(torch.from_numpy(rgb_t).permute(2, 0, 1)).numpy(), atol=1e-4
+    )

@@ -25,7 +25,7 @@ import torch
 
 from engines.files import cache_dir, write_text
 from engines.runtime import trt_backend
-from engines.runtime.memory import retain_freed_memory  # noqa: F401 - re-exported
+from engines.runtime.host import retain_freed_memory  # noqa: F401 - re-exported
 from engines.runtime.precision import (  # noqa: F401 - BF16_MAX_AB_DIFF and cpu_flags re-exported
     BF16_MAX_AB_DIFF,
     Bf16Model,

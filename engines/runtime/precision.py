@@ -8,24 +8,14 @@ Elsewhere (AVX2) bf16 is emulated and several times slower, so float32 is used.
 
 from __future__ import annotations
 
-import functools
-
 import torch
+
+from engines.runtime.host import cpu_flags
 
 # bf16 against float32, largest |ab| difference allowed (CIELAB units), tested on a small input on any
 # CPU (tests/test_runtime.py): measured max 0.11 (regression), 0.51 (classification), 1.08 (gan) on
 # a 128x128 photo; bf16 keeps 8 bits of mantissa against float16's 11.
 BF16_MAX_AB_DIFF = 3.0
-
-
-@functools.cache
-def cpu_flags() -> frozenset[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
 
 
 def cpu_has_fast_bf16() -> bool:

@@ -77,10 +77,10 @@ from pathlib import Path
 
 import av
 import cv2
-import torch
+import numpy as np
 
 from engines.media.formats import VIDEO_OUTPUT_FORMATS as OUTPUT_FORMATS
-from engines.runtime import backends as runtime
+from engines.runtime.host import retain_freed_memory
 from engines.video.segments import _assemble, _Partial, _SegmentWriter
 from engines.video.stages import _END, _analyse_stage, _compose_stage, _read_stage, _ReadStats, _Stopped, _Workers
 from engines.video.streams import VideoError, _open_input, _Probe, _probe, encoder_pixel_format
@@ -164,17 +164,19 @@ class VideoReport:
 def colorize_video(
     src: Path,
     dst: Path,
-    predict_ab: Callable[[torch.Tensor], torch.Tensor],
+    predict_ab: Callable[[np.ndarray], np.ndarray],
     options: VideoOptions = VideoOptions(),
     progress: Callable[[int, int | None], None] | None = None,
     resume: bool = False,
     engine_key: dict | None = None,
+    threads: int = 1,
 ) -> VideoReport:
     """Colourise the film ``src`` into ``dst`` (.mp4, .mkv or .mov); see the module docstring.
 
     ``predict_ab`` maps full-resolution lightness ``(N, 1, H, W)`` float32 in [0, 100] to ab
-    ``(N, 2, H, W)`` (``engines.pipeline.Colorizer.predict_ab``); it is called from a worker thread,
-    one batch at a time. ``progress(done, total)`` is called from the calling thread after each frame
+    ``(N, 2, H, W)``, NumPy arrays of any strides (``predict_frames`` of ``engines.pipeline.Colorizer``
+    or ``engines.ort_pipeline.OrtColorizer``); it is called from a worker thread, one batch at a time.
+    ``threads``: OpenCV's thread pool meanwhile (the engine's count: the stages run in parallel). ``progress(done, total)`` is called from the calling thread after each frame
     is encoded (first with the frames an earlier run did, when resuming); ``total`` is the container's
     frame count, an estimate from its duration, or None.
 
@@ -187,7 +189,7 @@ def colorize_video(
     ``predict_ab`` or ``progress`` propagate unchanged.
     """
     started = time.perf_counter()
-    runtime.retain_freed_memory()  # frame-sized temporaries: reuse freed memory, no fresh page faults
+    retain_freed_memory()  # frame-sized temporaries: reuse freed memory, no fresh page faults
     src, dst = Path(src), Path(dst)
     fmt = OUTPUT_FORMATS.get(dst.suffix.lower())
     if fmt is None:
@@ -217,7 +219,7 @@ def colorize_video(
     report = VideoReport(resumed_frames=work.frames)
     try:
         if not work.manifest["complete"]:
-            with _open_input(src) as inp, _opencv_threads_like_torch():
+            with _open_input(src) as inp, _opencv_threads(threads):
                 _encode_segments(inp, fmt, probe, predict_ab, options, progress, report, work)
         report.frames = work.frames
         report.corrupt_frames_bridged = sum(seg["bridged"] for seg in work.manifest["segments"])
@@ -238,12 +240,12 @@ def colorize_video(
 
 
 @contextlib.contextmanager
-def _opencv_threads_like_torch() -> Iterator[None]:
-    """Hold OpenCV's thread pool (smoothing, resizes) to torch's thread count for the film, restored
-    after: the stages already run in parallel, and an unbounded pool would oversubscribe the cores
-    the caller gave torch (one thread per stage on a small machine)."""
+def _opencv_threads(threads: int) -> Iterator[None]:
+    """Hold OpenCV's thread pool (smoothing, resizes) to the engine's thread count for the film,
+    restored after: the stages already run in parallel, and an unbounded pool would oversubscribe the
+    cores the caller gave the engine (one thread per stage on a small machine)."""
     before = cv2.getNumThreads()
-    cv2.setNumThreads(torch.get_num_threads())
+    cv2.setNumThreads(threads)
     try:
         yield
     finally:

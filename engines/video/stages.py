@@ -16,9 +16,8 @@ from dataclasses import dataclass
 import av
 import cv2
 import numpy as np
-import torch
 
-from engines import color
+from engines import color_np
 from engines.video.streams import (
     _frame_to_rgb,
     _Probe,
@@ -41,9 +40,9 @@ class _Frame:
     index: int = 0  # position in the output film (frames and bridges alike)
     # (1, H, W) float32 CIELAB L of the decoded frame; for 4:2:0 output, at the chroma planes'
     # resolution (H / 2, W / 2), with the full-size luma of its gray in ``gray_luma`` (``compose_yuv420``).
-    l: torch.Tensor | None = None
+    l: np.ndarray | None = None
     gray_luma: np.ndarray | None = None  # (H, W) uint8, BT.709 limited range
-    ab: torch.Tensor | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
+    ab: np.ndarray | None = None  # (2, H, W) float32 chroma, predicted (and smoothed); any strides
     out: av.VideoFrame | None = None  # in the encoder's pixel format
     rgb_out: np.ndarray | None = None  # (H, W, 3) uint8 when composed in RGB (else ``out`` stands for it)
     state: dict | None = None  # on the last item of a segment: the smoother's state after it
@@ -224,7 +223,7 @@ def _read_stage(
 
 def _analyse_stage(
     w: _Workers,
-    predict_ab: Callable[[torch.Tensor], torch.Tensor],
+    predict_ab: Callable[[np.ndarray], np.ndarray],
     batch_size: int,
     segment_frames: int,
     smoother: ChromaSmoother | None,
@@ -245,17 +244,18 @@ def _analyse_stage(
     keys = 0  # frames of ``frames`` for the engine
     interval = engine_interval if smoother is not None else 1
 
-    def predict(batch: list[_Frame]) -> torch.Tensor:
-        l = torch.stack([f.l for f in batch])  # (N, 1, H, W) in [0, 100]
+    def predict(batch: list[_Frame]) -> np.ndarray:
+        l = np.stack([f.l for f in batch])  # (N, 1, H, W) in [0, 100]
         ab = predict_ab(l)
-        if not isinstance(ab, torch.Tensor) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
-            got = tuple(ab.shape) if isinstance(ab, torch.Tensor) else type(ab).__name__
+        if not isinstance(ab, np.ndarray) or ab.shape != (l.shape[0], 2, *l.shape[-2:]):
+            got = tuple(ab.shape) if isinstance(ab, np.ndarray) else type(ab).__name__
             raise ValueError(f"predict_ab returned {got}, expected {(l.shape[0], 2, *l.shape[-2:])}")
-        return ab.detach().float().cpu()
+        return ab.astype(np.float32, copy=False)
 
-    def hwc(ab: torch.Tensor) -> np.ndarray:
-        # OpenCV works channels-last: one transposing copy per batch, and back as a free view.
-        return ab.permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 2)
+    def hwc(ab: np.ndarray) -> np.ndarray:
+        # OpenCV works channels-last: one transposing copy per batch (none when the engine gave a
+        # channels-last view), and back as a free view.
+        return np.ascontiguousarray(ab.transpose(0, 2, 3, 1))  # (N, H, W, 2)
 
     def predict_one(f: _Frame) -> np.ndarray:  # a skipped frame whose motion cannot be followed
         return hwc(predict([f]))[0]
@@ -273,7 +273,7 @@ def _analyse_stage(
                 key_ab = iter(hwc(ab)) if key_frames else iter(())
                 for f in frames:
                     pred = next(key_ab) if f.index % interval == 0 else functools.partial(predict_one, f)
-                    f.ab = torch.from_numpy(smoother.step(f.l[0].numpy(), pred)).permute(2, 0, 1)
+                    f.ab = smoother.step(f.l[0], pred).transpose(2, 0, 1)
         if pending and pending[-1].index % segment_frames == segment_frames - 1:
             pending[-1].state = smoother.get_state() if smoother is not None else {}
         for item in pending:
@@ -295,9 +295,9 @@ def _analyse_stage(
             flush()
 
 
-def lightness_of_rgb_u8(rgb: np.ndarray) -> torch.Tensor:
-    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color.rgb_u8_hwc_to_lightness``)."""
-    return torch.from_numpy(color.rgb_u8_hwc_to_lightness(rgb))[None]
+def lightness_of_rgb_u8(rgb: np.ndarray) -> np.ndarray:
+    """CIELAB L ``(1, H, W)`` float32 of an 8-bit sRGB frame ``(H, W, 3)`` (``color_np.rgb_u8_hwc_to_lightness``)."""
+    return color_np.rgb_u8_hwc_to_lightness(rgb)[None]
 
 
 # 8-bit planar YUV whose chroma can be checked for neutrality plane by plane.
@@ -334,19 +334,19 @@ class _FrameLightness:
         self.chroma_resolution = chroma_resolution
         self._tables: dict[tuple, tuple[np.ndarray, np.ndarray] | None] = {}
 
-    def __call__(self, frame: av.VideoFrame) -> tuple[torch.Tensor, np.ndarray | None]:
+    def __call__(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray | None]:
         """``(L (1, H, W), gray luma (H, W) uint8 or None)``; without ``chroma_resolution``, the luma for
         black-and-white frames only."""
         tables = self._tables_for(frame)
         if tables is None:
-            l = color.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
+            l = color_np.rgb_u8_hwc_to_lightness(_frame_to_rgb(frame, self.width, self.height))
             gray_luma = gray_luma_of_lightness(l) if self.chroma_resolution else None
         else:
             y = _plane_u8(frame.planes[0])
             l, gray_luma = cv2.LUT(y, tables[0]), cv2.LUT(y, tables[1])
         if self.chroma_resolution:
             l = cv2.resize(l, (self.width // 2, self.height // 2), interpolation=cv2.INTER_AREA)
-        return torch.from_numpy(l)[None], gray_luma
+        return l[None], gray_luma
 
     def _tables_for(self, frame: av.VideoFrame) -> tuple[np.ndarray, np.ndarray] | None:
         """The (L, output luma) tables of a black-and-white frame's Y levels, or None for other frames."""
@@ -375,13 +375,13 @@ class _FrameLightness:
         levels[luma.ravel()] = rgb[..., 0].ravel()
         if not ((rgb == rgb[..., :1]).all() and np.array_equal(levels[luma], rgb[..., 0])):
             return None
-        return color.gray_u8_lightness_table(levels), levels_to_output_luma()[levels]
+        return color_np.gray_u8_lightness_table(levels), levels_to_output_luma()[levels]
 
 
 def gray_luma_of_lightness(l: np.ndarray) -> np.ndarray:
     """L ``(H, W)`` float32 -> the luma (uint8, BT.709 limited range) of its gray as ``compose_rgb``
     composes it: the luma a black-and-white frame's table gives."""
-    gray = color.lab_hwc_to_rgb_u8_keep_lightness(l, np.zeros((*l.shape, 2), np.float32))
+    gray = color_np.lab_hwc_to_rgb_u8_keep_lightness(l, np.zeros((*l.shape, 2), np.float32))
     return cv2.LUT(np.ascontiguousarray(gray[..., 0]), levels_to_output_luma())
 
 
@@ -395,13 +395,13 @@ def levels_to_output_luma() -> np.ndarray:
     return table
 
 
-def compose_rgb(l: torch.Tensor, ab: torch.Tensor) -> np.ndarray:
+def compose_rgb(l: np.ndarray, ab: np.ndarray) -> np.ndarray:
     """L ``(1, H, W)`` + ab ``(2, H, W)`` (any strides; channels-last is free) -> 8-bit sRGB ``(H, W, 3)``
-    with L kept: ``lab_to_rgb_keep_lightness`` rounded to uint8 (``color.lab_hwc_to_rgb_u8_keep_lightness``)."""
-    return color.lab_hwc_to_rgb_u8_keep_lightness(l[0].numpy(), ab.permute(1, 2, 0).numpy())
+    with L kept: ``lab_to_rgb_keep_lightness`` rounded to uint8 (``color_np.lab_hwc_to_rgb_u8_keep_lightness``)."""
+    return color_np.lab_hwc_to_rgb_u8_keep_lightness(l[0], ab.transpose(1, 2, 0))
 
 
-def compose_yuv420(l_half: torch.Tensor, ab_half: torch.Tensor, gray_luma: np.ndarray) -> av.VideoFrame:
+def compose_yuv420(l_half: np.ndarray, ab_half: np.ndarray, gray_luma: np.ndarray) -> av.VideoFrame:
     """L ``(1, H / 2, W / 2)`` averaged over 2x2 blocks + ab at that size + the gray's full-size luma
     ``(H, W)`` -> a yuv420p frame (BT.709 limited range): colour composed at the chroma planes'
     resolution only.
@@ -415,10 +415,10 @@ def compose_yuv420(l_half: torch.Tensor, ab_half: torch.Tensor, gray_luma: np.nd
     pixels; the difference from the RGB path is bounded in tests.
     """
     h, w = gray_luma.shape
-    l_half = np.ascontiguousarray(l_half[0].numpy())
-    ab_half = np.ascontiguousarray(ab_half.permute(1, 2, 0).numpy())
+    l_half = np.ascontiguousarray(l_half[0])
+    ab_half = np.ascontiguousarray(ab_half.transpose(1, 2, 0))
     # Colour above, gray below: one compose and one swscale pass for both.
-    both = color.lab_hwc_to_rgb_u8_keep_lightness(
+    both = color_np.lab_hwc_to_rgb_u8_keep_lightness(
         np.concatenate((l_half, l_half)), np.concatenate((ab_half, np.zeros_like(ab_half)))
     )
     planes = [_plane_u8(p) for p in rgb_to_encoder_frame(both, "yuv444p").planes]

@@ -198,8 +198,7 @@ def encoder_options(codec: str, crf: int) -> dict[str, str]:
             options["b"] = "0"  # constant quality, no bitrate cap
     if codec == "libx265":
         options["x265-params"] = "log-level=error"
-    # Imported here: photos are read through this module while torch (which precision imports) loads.
-    from engines.runtime.precision import cpu_flags
+    from engines.runtime.host import cpu_flags
 
     if codec == "libx264" and "avx512f" in cpu_flags():
         # x264's AVX-512 code (PyAV 18.1's build, a 2-core Xeon) did not give the same stream twice from

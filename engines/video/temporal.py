@@ -71,9 +71,8 @@ from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
-import torch
 
-from engines import color
+from engines import color_np
 
 FLOW_LONG_SIDE = 320
 CUT_BINS = 32
@@ -313,8 +312,7 @@ def _median(x: np.ndarray) -> float:
 
 def _lightness_u8_of_rgb(rgb: np.ndarray) -> np.ndarray:
     """uint8 CIELAB L of an sRGB float image ``(H, W, 3)`` in [0, 1]."""
-    rgb_t = torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)
-    return lightness_u8(color.rgb_to_lightness(rgb_t)[0].numpy())
+    return lightness_u8(color_np.rgb_hwc_to_lightness(rgb))
 
 
 def reference_flow(

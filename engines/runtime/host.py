@@ -1,4 +1,18 @@
-"""Process memory settings for frame- and photo-sized temporaries (no PyTorch: the photo path without it uses this too)."""
+"""The host, without PyTorch (the paths that run without it use this too): the CPU's feature flags,
+and process memory settings for frame- and photo-sized temporaries."""
+
+import functools
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
 
 # glibc's mallopt parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
