@@ -86,7 +86,7 @@ def load(
         return None
 
 
-@functools.cache
+@functools.lru_cache(maxsize=8)  # a folder's photos share a few sizes; a large photo's matrix is megabytes
 def _antialias_weights(n_in: int, n_out: int) -> np.ndarray:
     """``(n_out, n_in)`` float32: PyTorch's antialiased bilinear resampling along one axis
     (``F.interpolate(mode="bilinear", antialias=True, align_corners=False)``, downscaling), as a matrix:
