@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from colorcli.inputs import Job
 from engines import color, color_np, ort_pipeline
 from engines.files import file_sha256
 from engines.models.registry import get_spec
@@ -181,3 +182,39 @@ def test_a_run_imports_no_torch(tmp_path, kind):
 
         a, b = (np.stack(list(video_frames(tmp_path / n))).astype(int) for n in ("first.mp4", "second.mp4"))
         assert a.shape == b.shape == (12, 48, 64, 3) and np.abs(a - b).mean() < 0.5
+
+
+def test_frame_estimate_reads_the_header(tmp_path):
+    from engines.video.streams import frame_estimate
+
+    assert frame_estimate(_gray_clip(tmp_path / "gray.mp4", frames=12)) == 12
+    assert frame_estimate(EXAMPLE) <= 1 and frame_estimate(tmp_path / "missing.mp4") == 0
+
+
+def _run_options(app, backend: str = "auto"):
+    return app.RunOptions(
+        output=None, model="regression", backend=backend, recursive=False, overwrite=False, json_out=False,
+        quality=95, working_size=None, weights=None, verbose=False,
+    )  # fmt: skip
+
+
+def test_auto_keeps_pytorch_for_long_runs_on_a_cpu_with_bf16(tmp_path, monkeypatch):
+    """On a bf16 CPU a run past ``_BF16_LONG_RUN`` photos and film frames goes to PyTorch (its network is
+    the faster there); a short one, any run on other CPUs and ``--backend onnxruntime`` do not."""
+    from colorcli import app
+    from engines.runtime import host
+
+    load_colorizer("regression", select_backend("onnxruntime"))  # the export is cached from here on
+    clip = _gray_clip(tmp_path / "gray.mp4", frames=12)
+    opts = _run_options(app)
+    short = [Job(str(EXAMPLE), str(tmp_path / "a.png")), Job(str(clip), str(tmp_path / "b.mp4"))]
+    assert app._run_size(short) == 13
+    monkeypatch.setattr(app, "_BF16_LONG_RUN", 10)
+    monkeypatch.setattr(host, "cpu_has_fast_bf16", lambda: True)
+    colorizer, why = app._torch_free_colorizer(short, opts)
+    assert colorizer is None and "long run" in why
+    assert app._torch_free_colorizer(short[:1], opts)[0] is not None
+    explicit = _run_options(app, backend="onnxruntime")
+    assert app._torch_free_colorizer(short, explicit)[0] is not None
+    monkeypatch.setattr(host, "cpu_has_fast_bf16", lambda: False)
+    assert app._torch_free_colorizer(short, opts)[0] is not None

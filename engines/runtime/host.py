@@ -14,6 +14,12 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
 
 
+def cpu_has_fast_bf16() -> bool:
+    """True where the CPU computes bf16 matrix products natively (AMX or AVX-512 BF16): there oneDNN
+    runs bf16 convolutions faster than float32."""
+    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
+
+
 # glibc's mallopt parameters.
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 # Blocks below this come from the heap, not from a fresh mmap (32 MiB: glibc's largest allowed value).

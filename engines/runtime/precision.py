@@ -10,18 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from engines.runtime.host import cpu_flags
+from engines.runtime.host import cpu_flags, cpu_has_fast_bf16  # noqa: F401 - re-exported
 
 # bf16 against float32, largest |ab| difference allowed (CIELAB units), tested on a small input on any
 # CPU (tests/test_runtime.py): measured max 0.11 (regression), 0.51 (classification), 1.08 (gan) on
 # a 128x128 photo; bf16 keeps 8 bits of mantissa against float16's 11.
 BF16_MAX_AB_DIFF = 3.0
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True where the CPU computes bf16 matrix products natively (AMX or AVX-512 BF16): there oneDNN
-    runs bf16 convolutions faster than float32."""
-    return bool({"amx_bf16", "avx512_bf16"} & cpu_flags())
 
 
 class Bf16Model(torch.nn.Module):

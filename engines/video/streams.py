@@ -92,6 +92,26 @@ def is_video(path: Path) -> bool:
         return False
 
 
+def frame_estimate(path: Path) -> int:
+    """The film's frame count as its container states it, else from its duration and rate; 0 if unknown
+    or unreadable (cheap: the header only)."""
+    try:
+        with av.open(str(path)) as container:
+            stream = _pick_video_stream(container)
+            if stream is None:
+                return 0
+            if stream.frames:
+                return int(stream.frames)
+            rate, duration = stream.average_rate, stream.duration
+            if rate and duration and stream.time_base:
+                return int(float(duration * stream.time_base * rate))
+            if rate and container.duration:
+                return int(container.duration / av.time_base * float(rate))
+            return 0
+    except (OSError, av.FFmpegError, ValueError):
+        return 0
+
+
 def _looks_like_still_image(head: bytes) -> bool:
     return head.startswith((b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"II*\x00", b"MM\x00*", b"BM", b"GIF8")) or (
         head[:4] == b"RIFF" and head[8:12] == b"WEBP"
