@@ -107,7 +107,7 @@ def runners(name: str, net: torch.nn.Module) -> dict[str, torch.nn.Module]:
     out = {"cpu (PyTorch)": net}
     if runtime.cpu_has_fast_bf16():  # what `--backend cpu` runs on this CPU
         out["cpu bf16 (PyTorch)"] = runtime.Bf16Model(net)
-    if runtime._ort_problem() is None:
+    if runtime.ort_problem() is None:
         out["onnxruntime"] = runtime.OnnxRuntimeModel(net, f"speed-benchmark-{name}")
     if torch.cuda.is_available():  # pragma: no cover - GPU machines only
         import copy
