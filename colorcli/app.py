@@ -315,8 +315,8 @@ def _run(inputs: list[str], opts: RunOptions) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
-# On a CPU with bf16 in hardware PyTorch runs the network 2.5-3x as fast as ONNX Runtime does in
-# float32, which repays the 2 s that importing it costs after about 600 photos or film frames (measured
+# On a CPU with bf16 in hardware PyTorch runs the network faster than ONNX Runtime does in float32,
+# which repays the 2 s that importing it costs after about 600 photos or film frames (measured
 # on a 2-core EPYC with AVX-512 BF16: 200 photos and a 425-frame film faster without PyTorch, 1000
 # photos and a 1700-frame film 10% faster with it). Elsewhere ONNX Runtime is the faster anyway.
 _BF16_LONG_RUN = 600

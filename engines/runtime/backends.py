@@ -264,7 +264,7 @@ def cpu_choice(net: torch.nn.Module, weights_sha256: str, working_size: int) -> 
     if not isinstance(speedup, (int, float)):
         # Raced as the pipelines run it: batches of 8, one thread (their stages run in parallel). At one
         # image on both cores ONNX Runtime led by 1.1-1.7x on a CPU with AVX-512 BF16, where in the
-        # pipelines' setting PyTorch's bf16 network ran 2.8x as fast.
+        # pipelines' setting PyTorch's bf16 network was the faster (ONNX Runtime 0.55x).
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
