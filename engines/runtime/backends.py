@@ -11,6 +11,8 @@
 ``auto`` tries TensorRT, then CUDA, then the CPU. On the CPU it times ONNX Runtime against PyTorch
 once for this engine, working size and machine, and takes ONNX Runtime only when it is clearly
 faster (``ORT_MIN_SPEEDUP``); the verdict is cached. Every skip and pick is recorded in ``notes``.
+Before any of this the CLI tries the path that needs no PyTorch at all (``engines.ort_pipeline``),
+which this module's CPU backends prepare by leaving the engine's export in the cache.
 """
 
 from __future__ import annotations
