@@ -97,6 +97,40 @@ def srgb_u8_tables() -> tuple[np.ndarray, np.ndarray]:
     return base, thr
 
 
+# Bins over L in [0, 100] for ``gray_u8_of_lightness``: narrower than the closest two gray levels' L
+# thresholds (0.27 apart, just above black), so a bin holds at most one.
+_GRAY_L_BINS = 4096
+
+
+@functools.cache
+def _gray_level_tables() -> tuple[np.ndarray, np.ndarray]:
+    """(gray level at each L bin's start, uint8; the L threshold inside the bin or +inf, float32),
+    ``_GRAY_L_BINS + 1`` entries each: ``srgb_u8_tables``'s construction, on L."""
+    thresholds = lightness_of_luminance(srgb_to_linear((np.arange(1, 256) - 0.5) / 255))  # L of level k - 1/2
+    assert float(np.diff(thresholds).min()) > 100 / _GRAY_L_BINS
+    starts = np.arange(_GRAY_L_BINS + 1) * (100 / _GRAY_L_BINS)
+    base = np.searchsorted(thresholds, starts, side="right")
+    nxt = thresholds[np.minimum(base, 254)]
+    inside = (base < 255) & (nxt < starts + 100 / _GRAY_L_BINS)
+    thr = nxt.astype(np.float32)  # rounded up, so that float32 L >= thr means L >= the exact threshold
+    thr = np.where(thr.astype(np.float64) < nxt, np.nextafter(thr, np.float32(np.inf)), thr)
+    thr = np.where(inside, thr, np.float32(np.inf)).astype(np.float32)
+    base = base.astype(np.uint8)
+    base.flags.writeable = thr.flags.writeable = False
+    return base, thr
+
+
+def gray_u8_of_lightness(l: np.ndarray) -> np.ndarray:
+    """L float32 in [0, 100] (any shape) -> the 8-bit sRGB level of its gray (a = b = 0), uint8: the
+    exact rounding of the gray's sRGB value, by two table lookups. Composing L with zero chroma
+    (``lab_hwc_to_rgb_u8_keep_lightness``) gives the same level but for float rounding at a level's
+    boundary, at 3-4 times the cost for one channel."""
+    base, thr = _gray_level_tables()
+    idx = (np.asarray(l, np.float32) * np.float32(_GRAY_L_BINS / 100)).astype(np.int32)
+    np.clip(idx, 0, _GRAY_L_BINS, out=idx)
+    return base[idx] + (l >= thr[idx])
+
+
 def rgb_u8_hwc_to_lightness(rgb_u8: np.ndarray) -> np.ndarray:
     """CIELAB L ``(H, W)`` float32 of 8-bit sRGB ``(H, W, 3)`` uint8 laid out channels-last (a decoded
     video frame or 8-bit photo): ``rgb_u8_to_lightness`` without the int64 gather and the branch.

@@ -641,3 +641,24 @@ def test_rgb_u8_hwc_to_lightness_of_black_and_white_is_the_per_level_table():
     almost[7, 9, 2] ^= 1
     exact[7, 9] = C.rgb_to_lightness(torch.from_numpy(almost[7:8, 9:10]).permute(2, 0, 1).double() / 255)[0, 0, 0]
     assert np.abs(C.rgb_u8_hwc_to_lightness(almost) - exact).max() < 5e-5
+
+
+def test_gray_level_of_lightness_is_the_exact_rounding():
+    """``color_np.gray_u8_of_lightness``: the 8-bit sRGB level of L's gray, by table, equals rounding the
+    gray's exact sRGB value (float64), also at float32 values next to each level's boundary."""
+    from engines import color_np
+
+    boundaries = color_np.lightness_of_luminance(color_np.srgb_to_linear((np.arange(1, 256) - 0.5) / 255))
+    near = boundaries.astype(np.float32)[:, None] + np.float32([-2e-5, 2e-5])  # either side, off float noise
+    l = np.concatenate([np.linspace(0, 100, 50_001, dtype=np.float32), near.ravel(), np.float32([0, 100])])
+    y = np.where(l > 8, ((l.astype(np.float64) + 16) / 116) ** 3, l / (24389 / 27))
+    srgb = np.where(y <= 0.0031308, 12.92 * y, 1.055 * np.maximum(y, 0.0031308) ** (1 / 2.4) - 0.055)
+    expected = np.floor(srgb * 255 + 0.5)
+    got = color_np.gray_u8_of_lightness(l)
+    assert got.dtype == np.uint8
+    clear = np.abs(l[:, None] - boundaries).min(axis=1) > 1e-5  # where float64 rounding cannot decide it
+    assert clear.mean() > 0.99 and np.array_equal(got[clear], expected[clear])
+    # and agrees with composing L at zero chroma, but for float rounding at a boundary
+    composed = color_np.lab_hwc_to_rgb_u8_keep_lightness(l[None, :50_001], np.zeros((1, 50_001, 2), np.float32))[0]
+    assert np.abs(composed.astype(int) - got[:50_001, None]).max() <= 1
+    assert (composed[:, 1] != got[:50_001]).mean() < 1e-3

@@ -356,10 +356,12 @@ def test_compose_yuv420_is_the_rgb_path_at_chroma_resolution(rng):
     # 1.2 on a real frame with an engine's smooth chroma); composing at chroma resolution loses no more.
     assert loss_direct < 1.05 * loss_rgb, (loss_direct, loss_rgb)
     assert np.abs(direct.astype(int) - via_rgb).mean() < 0.5 * loss_rgb
-    # Zero chroma: the luma plane is the gray's, exactly, and the chroma neutral.
+    # Zero chroma: the luma plane is the gray's (a block whose composed gray rounds the other way at a
+    # level boundary may be one level off) and the chroma neutral.
     neutral = compose_yuv420(l_half, np.zeros_like(ab_half).transpose(2, 0, 1), gray_luma)
     planes = [_plane_u8(p) for p in neutral.planes]
-    assert np.array_equal(planes[0], gray_luma)
+    off = np.abs(planes[0].astype(int) - gray_luma)
+    assert off.max() <= 1 and off.mean() < 0.01
     assert np.abs(planes[1].astype(int) - 128).max() <= 1 and np.abs(planes[2].astype(int) - 128).max() <= 1
 
 

@@ -379,10 +379,10 @@ class _FrameLightness:
 
 
 def gray_luma_of_lightness(l: np.ndarray) -> np.ndarray:
-    """L ``(H, W)`` float32 -> the luma (uint8, BT.709 limited range) of its gray as ``compose_rgb``
-    composes it: the luma a black-and-white frame's table gives."""
-    gray = color_np.lab_hwc_to_rgb_u8_keep_lightness(l, np.zeros((*l.shape, 2), np.float32))
-    return cv2.LUT(np.ascontiguousarray(gray[..., 0]), levels_to_output_luma())
+    """L float32 (any shape) -> the luma (uint8, BT.709 limited range) of its gray: the gray's 8-bit level
+    (``color_np.gray_u8_of_lightness``, two table lookups) through the encoder's luma of each level. The
+    luma a black-and-white frame's table gives."""
+    return cv2.LUT(color_np.gray_u8_of_lightness(l), levels_to_output_luma())
 
 
 @functools.cache
@@ -409,24 +409,23 @@ def compose_yuv420(l_half: np.ndarray, ab_half: np.ndarray, gray_luma: np.ndarra
     4:2:0 keeps one chroma sample per 2x2 block, so RGB at full size (``compose_rgb``, then swscale)
     computes four times the colour that the file can hold, and the engine's ab upsampled to full size
     and smoothed there is averaged away again. Here each block is composed (L kept, as
-    ``compose_rgb``) once with its ab and once gray; its U and V are those of its colour, and its luma
-    shift (colour's luma minus gray's) is upsampled onto the full-size gray luma. So a gray pixel keeps
-    its luma exactly, detail stays at full resolution, and the colour work runs on a quarter of the
-    pixels; the difference from the RGB path is bounded in tests.
+    ``compose_rgb``) with its ab; its U and V are those of its colour, and its luma shift (colour's luma
+    minus its gray's, ``gray_luma_of_lightness``) is upsampled onto the full-size gray luma. So a pixel
+    given no colour keeps its gray luma (but for float rounding at a level boundary: one level, a few
+    pixels in ten thousand), detail stays at full resolution, and the colour work runs on a quarter of
+    the pixels; the difference from the RGB path is bounded in tests.
     """
     h, w = gray_luma.shape
     l_half = np.ascontiguousarray(l_half[0])
-    ab_half = np.ascontiguousarray(ab_half.transpose(1, 2, 0))
-    # Colour above, gray below: one compose and one swscale pass for both.
-    both = color_np.lab_hwc_to_rgb_u8_keep_lightness(
-        np.concatenate((l_half, l_half)), np.concatenate((ab_half, np.zeros_like(ab_half)))
-    )
-    planes = [_plane_u8(p) for p in rgb_to_encoder_frame(both, "yuv444p").planes]
-    half = h // 2
-    shift = cv2.subtract(planes[0][:half], planes[0][half:], dtype=cv2.CV_16S)
+    colour = color_np.lab_hwc_to_rgb_u8_keep_lightness(l_half, np.ascontiguousarray(ab_half.transpose(1, 2, 0)))
+    planes = [_plane_u8(p) for p in rgb_to_encoder_frame(colour, "yuv444p").planes]
+    # The gray's luma from two table lookups, not a second compose (a third of the stage's time):
+    # where ab is zero, the two agree but for float rounding at a level boundary (one level, a few
+    # pixels in ten thousand; tests/test_video.py).
+    shift = cv2.subtract(planes[0], gray_luma_of_lightness(l_half), dtype=cv2.CV_16S)
     luma = cv2.add(gray_luma, cv2.resize(shift, (w, h), interpolation=cv2.INTER_LINEAR), dtype=cv2.CV_8U)
     frame = av.VideoFrame(w, h, "yuv420p")
-    for plane, values in zip(frame.planes, (luma, planes[1][:half], planes[2][:half])):
+    for plane, values in zip(frame.planes, (luma, planes[1], planes[2])):
         _plane_u8(plane)[:] = values
     return tag_encoder_frame(frame)
 
