@@ -120,16 +120,21 @@ def dense_flow(a_u8: np.ndarray, b_u8: np.ndarray, dis: cv2.DISOpticalFlow | Non
     return dis.calc(np.ascontiguousarray(a_u8), np.ascontiguousarray(b_u8), None)
 
 
-def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+def _grid(h: int, w: int) -> np.ndarray:
+    """``(H, W, 2)`` float32: each pixel's own (x, y), to which a flow adds (what ``cv2.remap`` takes as one map)."""
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.merge((gx, gy))
 
 
-def warp(image: np.ndarray, flow: np.ndarray, grid: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+def _sample(image: np.ndarray, coords: np.ndarray) -> np.ndarray:
+    """``image`` sampled at ``coords`` (``(H, W, 2)`` float32 x, y), bilinear, edges replicated."""
+    return cv2.remap(image, coords, None, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+def warp(image: np.ndarray, flow: np.ndarray, grid: np.ndarray | None = None) -> np.ndarray:
     """``out(x) = image(x + flow(x))``, bilinear, edges replicated. ``image (H, W)`` or ``(H, W, C)``
-    float32 (C <= 4), ``flow (H, W, 2)``. ``grid`` (from the same size) saves rebuilding it."""
-    h, w = flow.shape[:2]
-    gx, gy = grid if grid is not None else _grid(h, w)
-    return cv2.remap(image, gx + flow[..., 0], gy + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    float32 (C <= 4), ``flow (H, W, 2)``. ``grid`` (``_grid`` of the same size) saves rebuilding it."""
+    return _sample(image, cv2.add(flow, grid if grid is not None else _grid(*flow.shape[:2])))
 
 
 def consistency_mask(
@@ -137,22 +142,26 @@ def consistency_mask(
     flow_ba: np.ndarray,
     alpha: float = FB_ALPHA,
     beta: float = FB_BETA,
-    grid: tuple[np.ndarray, np.ndarray] | None = None,
+    grid: np.ndarray | None = None,
+    coords: np.ndarray | None = None,
 ) -> np.ndarray:
     """Where ``flow_ab`` is trustworthy: bool ``(H, W)``.
 
     ``flow_ab`` maps a's pixels into b, ``flow_ba`` b's into a. A pixel passes when following
     ``flow_ab`` and then ``flow_ba`` comes back to it (up to the Sundaram et al. tolerance) and when
-    ``x + flow_ab(x)`` lies inside b; occluded and disoccluded pixels fail.
+    ``x + flow_ab(x)`` lies inside b; occluded and disoccluded pixels fail. ``coords``, if given, is
+    ``flow_ab + grid`` already made (the smoother samples with it too).
     """
     h, w = flow_ab.shape[:2]
-    gx, gy = grid if grid is not None else _grid(h, w)
-    tx, ty = gx + flow_ab[..., 0], gy + flow_ab[..., 1]
-    back = cv2.remap(flow_ba, tx, ty, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)  # flow_ba at x + flow_ab(x)
-    fx, fy, bx, by = flow_ab[..., 0], flow_ab[..., 1], back[..., 0], back[..., 1]
+    if coords is None:
+        coords = cv2.add(flow_ab, grid if grid is not None else _grid(h, w))
+    back = _sample(flow_ba, coords)  # flow_ba at x + flow_ab(x)
+    # Contiguous planes: the arithmetic below on strided channel views cost twice as much.
+    (fx, fy), (bx, by) = cv2.split(flow_ab), cv2.split(back)
     err = (fx + bx) ** 2 + (fy + by) ** 2
     bound = alpha * (fx * fx + fy * fy + bx * bx + by * by) + beta
-    return (err <= bound) & (tx >= 0) & (tx <= w - 1) & (ty >= 0) & (ty <= h - 1)
+    inside = cv2.inRange(coords, (0.0, 0.0), (w - 1.0, h - 1.0)).view(bool)  # 255 -> True
+    return (err <= bound) & inside
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,7 +203,7 @@ class ChromaSmoother:
         self.flow_long_side = flow_long_side
         self.min_followed = min_followed  # see ``step``
         self._dis = make_dis(preset)
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._grids: dict[tuple[int, int], np.ndarray] = {}
         self.cuts = 0  # scene cuts detected so far
         self.reset()
 
@@ -245,7 +254,7 @@ class ChromaSmoother:
             self.cuts += 1
             follows = False
         if follows:
-            flow_b, mask = self._motion(small)
+            flow_b, coords, mask = self._motion(small)
         if callable(ab):
             carry = follows and self._prev_pred is not None and float(mask.mean()) >= self.min_followed
             ab = self._propagate(flow_b, shape) if carry else ab()
@@ -257,7 +266,7 @@ class ChromaSmoother:
             # upsampled and added to the full-size prediction, which keeps its full-size detail (the
             # motion, the mask and the previous output are flow-sized anyway).
             weight = mask * self.strength
-            correction = cv2.subtract(warp(self._prev_ab, flow_b, self._grid_for(*small.shape)), ab_small)
+            correction = cv2.subtract(_sample(self._prev_ab, coords), ab_small)
             correction = cv2.multiply(correction, cv2.merge((weight, weight)), dst=correction)
             out_small = cv2.add(ab_small, correction)
             out = cv2.add(ab, _resize_to(correction, ab.shape[:2], cv2.INTER_LINEAR))
@@ -274,20 +283,21 @@ class ChromaSmoother:
         flow = cv2.multiply(flow, (w / sw, h / sh, 0, 0), dst=flow)
         return warp(self._prev_pred, flow, self._grid_for(h, w))
 
-    def _motion(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """This frame's motion from the previous one, at flow size: the flow (this frame -> previous)
-        and ``m``, where the warp can be trusted (float32 in [0, 1]; see the module doc)."""
-        grid = self._grid_for(*small.shape)
+    def _motion(self, small: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """This frame's motion from the previous one, at flow size: the flow (this frame -> previous),
+        the coordinates it points to (flow + grid) and ``m``, where the warp can be trusted (float32 in
+        [0, 1]; see the module doc)."""
         flow_b = dense_flow(small, self._prev_small, self._dis)  # this frame -> previous
         flow_f = dense_flow(self._prev_small, small, self._dis)  # previous -> this frame
-        ok = consistency_mask(flow_b, flow_f, grid=grid)
+        coords = cv2.add(flow_b, self._grid_for(*small.shape))  # where each pixel comes from
+        ok = consistency_mask(flow_b, flow_f, coords=coords)
         # Photometric check, robust to global flicker: the median difference is removed first.
-        diff = small.astype(np.float32) - warp(self._prev_small.astype(np.float32), flow_b, grid)
+        diff = small.astype(np.float32) - _sample(self._prev_small.astype(np.float32), coords)
         diff -= _median(diff[::2, ::2])
         ok &= np.abs(diff) <= PHOTO_TOLERANCE * 2.55
-        return flow_b, cv2.blur(ok.astype(np.float32), (3, 3))
+        return flow_b, coords, cv2.blur(ok.astype(np.float32), (3, 3))
 
-    def _grid_for(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    def _grid_for(self, h: int, w: int) -> np.ndarray:
         grid = self._grids.get((h, w))
         if grid is None:
             grid = self._grids[(h, w)] = _grid(h, w)
