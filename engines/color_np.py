@@ -78,44 +78,43 @@ def xyz_over_white_to_linear(dtype: type = np.float32) -> np.ndarray:
     return m
 
 
+def _level_tables(thresholds: np.ndarray, top: float, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Tables for rounding a value in [0, top] to a level by lookup: (the level at each of ``bins``
+    equal bins' start, uint8; the threshold inside the bin or +inf, float32), ``bins + 1`` entries each.
+    ``thresholds`` (float64, increasing) are where levels 1..255 begin; bins must be narrower than
+    their closest two, so that a bin holds at most one."""
+    width = top / bins
+    assert float(np.diff(thresholds).min()) > width
+    starts = np.arange(bins + 1) * width
+    base = np.searchsorted(thresholds, starts, side="right")  # thresholds <= start
+    nxt = thresholds[np.minimum(base, 254)]
+    inside = (base < 255) & (nxt < starts + width)
+    # Rounded up to float32 so that ``x >= thr`` for float32 x means x >= the exact threshold.
+    thr = nxt.astype(np.float32)
+    thr = np.where(thr.astype(np.float64) < nxt, np.nextafter(thr, np.float32(np.inf)), thr)
+    return base.astype(np.uint8), np.where(inside, thr, np.float32(np.inf)).astype(np.float32)
+
+
 @functools.cache
 def srgb_u8_tables() -> tuple[np.ndarray, np.ndarray]:
     """(level at each bin's start, uint8; the threshold inside the bin or +inf, float32, times
     ``_SRGB_U8_BINS``), ``_SRGB_U8_BINS + 1`` entries each."""
-    thresholds = srgb_to_linear((np.arange(1, 256) - 0.5) / 255)  # T[1..255]
-    assert float(np.diff(thresholds).min()) > 1 / _SRGB_U8_BINS
-    starts = np.arange(_SRGB_U8_BINS + 1) / _SRGB_U8_BINS
-    base = np.searchsorted(thresholds, starts, side="right")  # thresholds <= start
-    nxt = thresholds[np.minimum(base, 254)]
-    inside = (base < 255) & (nxt < starts + 1 / _SRGB_U8_BINS)
-    # Rounded up to float32 so that ``x >= thr`` for float32 x means x >= the exact threshold.
-    thr = nxt.astype(np.float32)
-    thr = np.where(thr.astype(np.float64) < nxt, np.nextafter(thr, np.float32(np.inf)), thr)
-    thr = np.where(inside, thr, np.float32(np.inf)).astype(np.float32)
-    base, thr = base.astype(np.uint8), thr * np.float32(_SRGB_U8_BINS)  # scaled like the values, exactly
+    base, thr = _level_tables(srgb_to_linear((np.arange(1, 256) - 0.5) / 255), 1.0, _SRGB_U8_BINS)
+    thr = thr * np.float32(_SRGB_U8_BINS)  # scaled like the values, exactly
     base.flags.writeable = thr.flags.writeable = False
     return base, thr
 
 
 # Bins over L in [0, 100] for ``gray_u8_of_lightness``: narrower than the closest two gray levels' L
-# thresholds (0.27 apart, just above black), so a bin holds at most one.
+# thresholds (0.27 apart, just above black).
 _GRAY_L_BINS = 4096
 
 
 @functools.cache
 def _gray_level_tables() -> tuple[np.ndarray, np.ndarray]:
-    """(gray level at each L bin's start, uint8; the L threshold inside the bin or +inf, float32),
-    ``_GRAY_L_BINS + 1`` entries each: ``srgb_u8_tables``'s construction, on L."""
-    thresholds = lightness_of_luminance(srgb_to_linear((np.arange(1, 256) - 0.5) / 255))  # L of level k - 1/2
-    assert float(np.diff(thresholds).min()) > 100 / _GRAY_L_BINS
-    starts = np.arange(_GRAY_L_BINS + 1) * (100 / _GRAY_L_BINS)
-    base = np.searchsorted(thresholds, starts, side="right")
-    nxt = thresholds[np.minimum(base, 254)]
-    inside = (base < 255) & (nxt < starts + 100 / _GRAY_L_BINS)
-    thr = nxt.astype(np.float32)  # rounded up, so that float32 L >= thr means L >= the exact threshold
-    thr = np.where(thr.astype(np.float64) < nxt, np.nextafter(thr, np.float32(np.inf)), thr)
-    thr = np.where(inside, thr, np.float32(np.inf)).astype(np.float32)
-    base = base.astype(np.uint8)
+    """``_level_tables`` of the gray levels over L: the L where each gray sRGB level k - 1/2 lies."""
+    thresholds = lightness_of_luminance(srgb_to_linear((np.arange(1, 256) - 0.5) / 255))
+    base, thr = _level_tables(thresholds, 100.0, _GRAY_L_BINS)
     base.flags.writeable = thr.flags.writeable = False
     return base, thr
 
