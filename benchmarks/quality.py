@@ -44,7 +44,10 @@ from engines.runtime.backends import select_backend
 
 
 def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:
-    paths = sorted(folder.glob("*.jpg"))[start : start + limit]
+    photos = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    paths = photos[start : start + limit]
+    if not paths:
+        raise SystemExit(f"no photos (.jpg, .jpeg, .png) in {folder} from number {start}")
     return {p.stem: cv2.imread(str(p))[..., ::-1].astype(np.float32) / 255 for p in paths}
 
 

@@ -30,7 +30,7 @@ then softened by a 3x3 box filter so that mask edges do not print as seams.
 
 Flow is computed on L downscaled to a long side of at most ``FLOW_LONG_SIDE`` pixels (chroma is
 low-frequency; at 320 px DIS "ultrafast" costs about a millisecond per frame), and the blend runs at
-that size too: with ``down`` an area downscale and ``up`` a bilinear upscale, the output is
+that size too: with ``down`` a downscale (``_shrink_to``) and ``up`` a bilinear upscale, the output is
 ``ab_pred_t + up(w * m * (warp(down(ab_out_{t-1})) - down(ab_pred_t)))``: only the correction is
 upsampled, so the output keeps the current prediction's full-size detail, and the recursion carries
 the flow-sized output. (Until 2026-12 the warp and blend ran at full size; the warping error and ab
@@ -94,19 +94,26 @@ def lightness_u8(l: np.ndarray) -> np.ndarray:
 
 
 def resize_long_side(img: np.ndarray, long_side: int) -> np.ndarray:
-    """Area-averaged downscale so that the long side is at most ``long_side`` (never upscales)."""
+    """Downscale (``_shrink_to``) so that the long side is at most ``long_side`` (never upscales)."""
     h, w = img.shape[:2]
     scale = long_side / max(h, w)
     if scale >= 1:
         return img
-    size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    return cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+    return _shrink_to(img, (max(1, round(h * scale)), max(1, round(w * scale))))
 
 
-def _resize_to(img: np.ndarray, size: tuple[int, int], interpolation: int = cv2.INTER_AREA) -> np.ndarray:
-    """``img`` resized to ``size`` (rows, columns); itself when it already has that size."""
+def _shrink_to(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``img`` downscaled to ``size`` (rows, columns); itself when it already has that size.
+
+    Bilinear where it shrinks by less than 2 (each output then still draws on every input pixel near
+    it, so nothing is skipped), area-averaged beyond. OpenCV's area filter at a ratio that is not a
+    whole number (an 854x480 film's 427x240 chroma to the flow's 320x180) costs 9x the bilinear (0.31
+    against 0.035 ms a plane); on the dev clips the smoothing's warping error, ab change and ab error
+    stayed within 0.2 % (docs/experiments.md, session 10)."""
     if img.shape[:2] == tuple(size):
         return img
+    h, w = img.shape[:2]
+    interpolation = cv2.INTER_LINEAR if h < 2 * size[0] and w < 2 * size[1] else cv2.INTER_AREA
     return cv2.resize(img, (size[1], size[0]), interpolation=interpolation)
 
 
@@ -259,7 +266,7 @@ class ChromaSmoother:
             carry = follows and self._prev_pred is not None and float(mask.mean()) >= self.min_followed
             ab = self._propagate(flow_b, shape) if carry else ab()
         ab = np.ascontiguousarray(ab, dtype=np.float32)
-        ab_small = _resize_to(ab, small.shape)
+        ab_small = _shrink_to(ab, small.shape)
         out, out_small = ab, ab_small
         if follows and self.strength > 0:
             # w * m * (warp(previous output) - prediction), at flow size; only this correction is
@@ -269,7 +276,9 @@ class ChromaSmoother:
             correction = cv2.subtract(_sample(self._prev_ab, coords), ab_small)
             correction = cv2.multiply(correction, cv2.merge((weight, weight)), dst=correction)
             out_small = cv2.add(ab_small, correction)
-            out = cv2.add(ab, _resize_to(correction, ab.shape[:2], cv2.INTER_LINEAR))
+            if correction.shape != ab.shape:
+                correction = cv2.resize(correction, (ab.shape[1], ab.shape[0]), interpolation=cv2.INTER_LINEAR)
+            out = cv2.add(ab, correction)
         self._prev_small, self._prev_hist, self._prev_ab, self._prev_shape = small, hist, out_small, shape
         self._prev_pred = ab
         return out
