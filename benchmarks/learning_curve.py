@@ -11,6 +11,9 @@ truly green pixels and false colour on truly neutral ones (``engines.metrics.Col
 The x axis is the images the run has seen (its ``trained_on.images_seen``); ``--start-engine``, the
 engine the run was warm-started from, is the point at 0. ``--series NAME FILE...`` (repeatable) draws another run or branch beside it, on
 the same x axis (a branch's snapshots count the images of the run it branched from).
+``--images-before N``: the images the start engine had already seen (a campaign continued across
+machines by warm starts, whose step count starts again at each): added to every point, so that the
+axis counts the whole campaign.
 
 By default the photos are the tuning split (0-99 by sorted name): the curve is for choosing between
 designs and steps, so it must not be drawn on the photos the project reports (100-199, see
@@ -70,7 +73,7 @@ def point(path: Path, is_start: bool, kept: dict, photos: dict, weights, options
             k: v if isinstance(v, str) else float(v) for k, v in score(path, photos, weights, options, backend).items()
         }
     n = 0 if is_start else images_seen(checkpoint.load(path))
-    return {"images": n, "name": path.name, **kept[key]}
+    return {"images": args.images_before + n, "name": path.name, **kept[key]}
 
 
 def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path: Path, title: str) -> None:
@@ -94,7 +97,7 @@ def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path:
         if label.startswith(("AuC", "rebal")):
             ax.axhline(0, color="gray", lw=1)
         ax.set_title(label, fontsize=10)
-        ax.set_xlabel("images seen in the run (millions)")
+        ax.set_xlabel("images seen (millions)")
         ax.grid(alpha=0.3)
     # One legend under the panels: long series names inside each panel hid their points.
     handles, labels = axes[0].get_legend_handles_labels()
@@ -116,6 +119,9 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.5, help="classification decoding (the shipped engine's)")
     p.add_argument("--correction", type=float, default=0.45, help="classification decoding (the shipped engine's)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument(
+        "--images-before", type=int, default=0, help="images the start engine had seen (added to every point)"
+    )
     p.add_argument("--rescore", action="store_true", help="score every snapshot again, ignoring kept scores")
     p.add_argument("--name", default="run", help="the positional snapshots' name in the plot")
     p.add_argument(
@@ -151,6 +157,11 @@ def main() -> None:
         series[name] = sorted(points, key=lambda q: q["images"])
         start = []  # the start engine is drawn once, in the first series
 
+    seen = (
+        f"images seen ({args.images_before:,} before the start engine)"
+        if args.images_before
+        else "images seen in the run"
+    )
     photos_label = f"photos {args.start}-{args.start + len(photos) - 1} of `{args.photos.name}`"
     lines = [
         "# Learning curve",
@@ -165,7 +176,7 @@ def main() -> None:
         ),
         "",
         (
-            "| series | weights | images seen in the run | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
+            f"| series | weights | {seen} | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
             "| mean a* on green pixels | truly neutral among chroma > 25 (%) |"
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|",
