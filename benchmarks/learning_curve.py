@@ -109,7 +109,7 @@ def plot(series: dict[str, list[dict]], gray: dict, true_colourful: float, path:
     plt.close(fig)
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("snapshots", nargs="+", type=Path)
     p.add_argument("--start-engine", type=Path, default=None, help="the engine the run started from (point at 0)")
@@ -127,6 +127,11 @@ def main() -> None:
     p.add_argument(
         "--series", nargs="+", action="append", default=[], metavar=("NAME", "FILE"), help="another run or branch"
     )
+    return p
+
+
+def main() -> None:
+    p = _parser()
     args = p.parse_args()
     if any(len(group) < 2 for group in args.series):
         p.error("--series takes a name and at least one snapshot")
