@@ -20,7 +20,7 @@ designs and steps, so it must not be drawn on the photos the project reports (10
 ``benchmarks.quality``). Classification snapshots are decoded with the shipped engine's decoding
 (``--temperature``, ``--correction``) so that points differ by their weights only.
 Writes ``learning_curve.md`` and ``learning_curve.png`` under ``--out``, and keeps each snapshot's
-scores in ``learning_curve-scores.json`` there, keyed by the file's content and the photos and
+scores in ``learning_curve-scores.json`` there (or in ``--scores``: one file can serve every curve), keyed by the file's content and the photos and
 decoding, so a long run's curve is redrawn by scoring only its new snapshots (``--rescore``
 ignores them, e.g. after a change to the scoring).
 """
@@ -122,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--images-before", type=int, default=0, help="images the start engine had seen (added to every point)"
     )
+    p.add_argument("--scores", type=Path, help="the kept scores (default: learning_curve-scores.json under --out)")
     p.add_argument("--rescore", action="store_true", help="score every snapshot again, ignoring kept scores")
     p.add_argument("--name", default="run", help="the positional snapshots' name in the plot")
     p.add_argument(
@@ -145,7 +146,7 @@ def main() -> None:
     true_colourful = float(
         np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()])
     )
-    kept_path = args.out / "learning_curve-scores.json"
+    kept_path = args.scores or args.out / "learning_curve-scores.json"
     kept = {} if args.rescore or not kept_path.exists() else json.loads(kept_path.read_text())
     start = [args.start_engine] if args.start_engine else []
     series = {}

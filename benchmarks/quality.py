@@ -36,6 +36,7 @@ from benchmarks import ROOT, current_commit
 from engines import color
 from engines.evaluation.scoring import DEFAULT_CLASSIFIER, RealismProbe, realism_networks, training_prior
 from engines.files import write_text
+from engines.media.formats import IMAGE_SUFFIXES
 from engines.metrics import AbErrorCurve, ColourFidelity, ciede2000, colourfulness, psnr, rebalance_weights
 from engines.models import checkpoint
 from engines.models.registry import ENGINES, get_spec
@@ -44,10 +45,10 @@ from engines.runtime.backends import select_backend
 
 
 def load_photos(folder: Path, start: int, limit: int) -> dict[str, np.ndarray]:
-    photos = sorted(p for p in folder.glob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    photos = sorted(p for p in folder.glob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     paths = photos[start : start + limit]
     if not paths:
-        raise SystemExit(f"no photos (.jpg, .jpeg, .png) in {folder} from number {start}")
+        raise SystemExit(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in {folder} from number {start}")
     return {p.stem: cv2.imread(str(p))[..., ::-1].astype(np.float32) / 255 for p in paths}
 
 

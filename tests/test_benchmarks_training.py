@@ -173,8 +173,17 @@ def test_learning_curve_scores_each_snapshot_against_images_seen(tmp_path, folde
     for value in kept.values():
         value["auc"] += 50.0
     kept_path.write_text(json.dumps(kept))
-    again = curve(*snaps, extra=("--images-before", "1000"))
+    again = curve(*snaps)
     assert [float(row.split(" | ")[3]) for row in again] == pytest.approx(
         [float(row.split(" | ")[3]) + 50 for row in rows]
+    )
+    # ``--scores``: one file kept for every curve, read and written there instead.
+    for value in kept.values():
+        value["auc"] += 50.0
+    shared = tmp_path / "shared-scores.json"
+    shared.write_text(json.dumps(kept))
+    again = curve(*snaps, extra=("--images-before", "1000", "--scores", str(shared)))
+    assert [float(row.split(" | ")[3]) for row in again] == pytest.approx(
+        [float(row.split(" | ")[3]) + 100 for row in rows]
     )
     assert [row.split(" | ")[2] for row in again] == ["1,000", "1,016", "1,032"]  # a campaign's one axis
