@@ -193,17 +193,17 @@ def main() -> None:
             columns[key if several and len(settings) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
     columns["original"] = {n: photos[n] for n in columns["gray input"]}
     true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+    # photos-dev is BSDS500's train split; any other folder is described by its name alone.
+    kind = "BSDS500 train" if args.photos.name == "photos-dev" else "a folder"
     if args.record:
-        held_out = (
-            f"BSDS500 train photos {args.start}-{args.start + len(photos) - 1} by sorted name ({args.photos.name})"
-        )
+        held_out = f"{kind} photos {args.start}-{args.start + len(photos) - 1} by sorted name ({args.photos.name})"
         record(results, held_out, true_colourful)
 
     args.out.mkdir(parents=True, exist_ok=True)
     commit = current_commit()
     lines = [
         (
-            f"Held-out photos: {len(photos)} from `{args.photos.name}` (BSDS500 train, never used in training; "
+            f"Held-out photos: {len(photos)} from `{args.photos.name}` ({kind}, never used in training; "
             f"photos {args.start} to {args.start + len(photos) - 1} by sorted name), "
             f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, "
             f"commit {commit}."
