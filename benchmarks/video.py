@@ -58,6 +58,11 @@ from engines.video.streams import add_video_encoder, decode_colorspace, rgb_to_e
 DEV = ROOT.parent / "shared" / "data" / "video-dev"
 
 
+QUALITY_HEADING = "## Temporal stability"
+MEMORY_HEADING = "## Memory"
+KEPT_NOTE = "(Not measured by this run: kept from the previous version of this file.)"
+
+
 def _cpu_seconds() -> float:
     t = os.times()
     return t.user + t.system + t.children_user + t.children_system
@@ -350,7 +355,7 @@ def _quality_section(clips: list[Path], predict_ab, tmp: Path) -> list[str]:
     """Warping error, ab change and ab error of each clip, smoothing off and on; rows printed as they come."""
     lines = [
         "",
-        "## Temporal stability and colour accuracy (davis clips as B&W input)",
+        f"{QUALITY_HEADING} and colour accuracy (davis clips as B&W input)",
         "",
         (
             "E_warp: warping error x 1000 (Lai et al. 2018; RGB, lower is steadier). ab change: RMS CIELAB "
@@ -398,13 +403,30 @@ def _memory_section(clip: Path, tmp: Path, threads: int) -> list[str]:
     long_mb, long_n = peak_rss_mb(long_clip, tmp / "m4.mp4", threads)
     return [
         "",
-        "## Memory (peak RSS of a child process, smoothing on)",
+        f"{MEMORY_HEADING} (peak RSS of a child process, smoothing on)",
         "",
         "| clip | frames | peak RSS (MB) |",
         "|---|---:|---:|",
         f"| {clip.name} | {short_n} | {short_mb:.0f} |",
         f"| the same, looped 4 times | {long_n} | {long_mb:.0f} |",
     ]
+
+
+def kept_section(path: Path, heading: str) -> list[str]:
+    """The section of an earlier results file whose heading starts with ``heading`` (up to the next
+    section), marked as not re-measured: a run that skips a section keeps the last measured figures
+    instead of dropping them from the file. Empty when the file or the section is missing."""
+    lines = path.read_text().splitlines() if path.exists() else []
+    start = next((i for i, line in enumerate(lines) if line.startswith(heading)), None)
+    if start is None:
+        return []
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    body = [line for line in lines[start + 1 : end] if line != KEPT_NOTE]
+    while body and not body[0].strip():
+        body.pop(0)
+    while body and not body[-1].strip():
+        body.pop()
+    return ["", lines[start], "", KEPT_NOTE, "", *body]
 
 
 def main() -> None:
@@ -428,9 +450,13 @@ def main() -> None:
             make_gray_clip(davis, clip)
         lines = _speed_section(args, load, clip, colorizer.predict_frames, tmp)
         print("\n".join(lines), flush=True)
-        if not args.skip_quality:
+        if args.skip_quality:
+            lines += kept_section(args.out, QUALITY_HEADING)
+        else:
             lines += _quality_section(davis, colorizer.predict_frames, tmp)
-        if not args.skip_memory:
+        if args.skip_memory:
+            lines += kept_section(args.out, MEMORY_HEADING)
+        else:
             lines += _memory_section(davis[0], tmp, args.threads)
     text = "\n".join(lines) + "\n"
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,3 +43,25 @@ def test_paused_stops_the_process_and_its_children_and_resumes_them():
             subprocess.run(["kill", pid], check=False)
         shell.kill()
         shell.wait()
+
+
+def test_a_skipped_section_keeps_the_last_measured_one(tmp_path):
+    from benchmarks.video import KEPT_NOTE, MEMORY_HEADING, QUALITY_HEADING, kept_section
+
+    out = tmp_path / "video.md"
+    assert kept_section(out, MEMORY_HEADING) == []  # no earlier file
+    out.write_text(
+        "# Video pipeline benchmark\n\n## Speed\n\n| a |\n\n"
+        "## Temporal stability and colour accuracy\n\n| q | 2.18 |\n\n"
+        "## Memory (peak RSS)\n\n| clip | 600 |\n"
+    )
+    memory = kept_section(out, MEMORY_HEADING)
+    assert memory == ["", "## Memory (peak RSS)", "", KEPT_NOTE, "", "| clip | 600 |"]
+    quality = kept_section(out, QUALITY_HEADING)
+    assert quality[1].startswith(QUALITY_HEADING) and quality[-1] == "| q | 2.18 |"
+    assert not any(line.startswith("## Memory") for line in quality)
+    # Kept twice (two runs in a row that skip it): one note, the same figures.
+    out.write_text("# V\n" + "\n".join(memory) + "\n")
+    assert kept_section(out, MEMORY_HEADING) == memory
+    out.write_text("# V\n\n## Speed\n")
+    assert kept_section(out, MEMORY_HEADING) == []
