@@ -26,7 +26,7 @@ ENGINES: dict[str, EngineSpec] = {
         weights="regression.pt",
         summary=(
             "U-Net regressing CIELAB ab, trained from scratch on Tiny ImageNet + outdoor scenes "
-            "(weight mix of a Huber run and a class-rebalanced Huber run, both on the classification campaign's trunk)"
+            "(weight mix of a Huber run and a class-rebalanced Huber run)"
         ),
     ),
     "classification": EngineSpec(
