@@ -6,12 +6,8 @@ import cv2
 import numpy as np
 
 from benchmarks.holdout import main
+from tests.test_training import _colourful
 from training.data import training_sets
-
-
-def _colourful(rng, size: int) -> np.ndarray:
-    small = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
-    return cv2.resize(small, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
 def _sources(tmp_path):
