@@ -102,6 +102,28 @@ def test_gray_images_are_dropped_and_tar_streams_match_folders(tmp_path):
     assert (chroma_p95(a.rgb_u8) >= GRAY_CHROMA_P95).all()
 
 
+def test_a_source_changed_since_is_decoded_again_and_its_old_cache_removed(tmp_path):
+    cache = tmp_path / "cache"
+    one = _make_folder(tmp_path / "a" / "imgs", n_colour=3, n_gray=0)
+    other = _make_folder(tmp_path / "b" / "imgs", n_colour=2, n_gray=0)  # the same name, another folder
+    load_source(one, 32, cache)
+    load_source(one, 40, cache)
+    load_source(other, 32, cache)
+    before = sorted(p.name for p in cache.iterdir())
+    assert len(before) == 3
+    # Copied afresh (new modification times) and an image replaced: decoded again, the old cache gone.
+    rng = np.random.default_rng(5)
+    cv2.imwrite(str(one / "c000.png"), _colourful(rng, 24))
+    os.utime(one / "c001.png", ns=(0, 10**18))
+    again = load_source(one, 32, cache)
+    assert again.rgb_u8.shape == (3, 32, 32, 3)
+    after = sorted(p.name for p in cache.iterdir())
+    assert len(after) == 3 and len(set(after) - set(before)) == 1
+    # The other folder's cache and the other size's stay: they describe sources as they are.
+    assert load_source(other, 32, cache).names == ["c000.png", "c001.png"]
+    assert sorted(p.name for p in cache.iterdir()) == after
+
+
 def test_films_give_a_few_frames_per_second_kept_on_one_side_of_the_split(tmp_path):
     from fractions import Fraction
 

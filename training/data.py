@@ -9,6 +9,7 @@ through PyAV, see ``engines.media.photo_io``.) Films, alone or inside a folder, 
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import math
 import tarfile
@@ -196,9 +197,12 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
     check_source(path)
     gray = "keep" if keep_gray else GRAY_CHROMA_P95
     films = f"|{VIDEO_FRAMES_PER_SECOND}" if path.is_dir() or _is_film(path) or _is_list(path) else ""
-    key = f"{path.resolve()}|{_fingerprint(path)}|{size}|{gray}{films}"
-    key = hashlib.sha1(key.encode()).hexdigest()[:16]
-    cache = cache_dir / f"{path.name}-{size}-{key}.npz"
+    # The name says which source and settings (``ident``) and which state of its files (``state``): a
+    # source changed since (or copied afresh, with new modification times) is decoded again, and the
+    # cache of its earlier state is removed then rather than left to fill the disk.
+    ident = hashlib.sha1(f"{path.resolve()}|{size}|{gray}{films}".encode()).hexdigest()[:10]
+    state = hashlib.sha1(_fingerprint(path).encode()).hexdigest()[:10]
+    cache = cache_dir / f"{path.name}-{size}-{ident}-{state}.npz"
     if cache.exists():
         z = np.load(cache, allow_pickle=False)
         return ImageSet(z["rgb_u8"], list(z["names"]), int(z["dropped_gray"]))
@@ -214,6 +218,9 @@ def load_source(path: Path, size: int, cache_dir: Path, keep_gray: bool = False)
     result = ImageSet(rgb_u8[keep], [n for n, k in zip(names, keep) if k], int((~keep).sum()))
     with atomic_path(cache) as tmp:  # the temporary name ends in .npz, so savez adds nothing
         np.savez(tmp, rgb_u8=result.rgb_u8, names=np.array(result.names), dropped_gray=result.dropped_gray)
+    for stale in cache_dir.glob(f"{glob.escape(path.name)}-{size}-{ident}-*.npz"):
+        if stale != cache:
+            stale.unlink(missing_ok=True)
     return result
 
 
