@@ -3,13 +3,15 @@ exactly `colorize run`'s options, with their choices and defaults, and every com
 first paragraph what it does, with an example."""
 
 import re
+import types
+import typing
 from enum import Enum
 from pathlib import Path
 
 import typer.core
 import typer.main
 
-from colorcli.app import app
+from colorcli.app import app, run
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -46,6 +48,14 @@ def run_params() -> list[typer.core.TyperOption]:
     return [p for p in command.params if isinstance(p, typer.core.TyperOption) and "--help" not in p.opts]
 
 
+def _declared_type(name: str) -> object:
+    """The type ``run`` declares for its parameter ``name``, without ``Annotated`` and ``| None``
+    (read from the function, not from Typer's objects, whose attributes differ between versions)."""
+    hint = typing.get_type_hints(run)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1 else hint
+
+
 def test_readme_options_table_lists_exactly_the_run_options():
     documented = readme_options()
     real = {name for p in run_params() for name in (*p.opts, *p.secondary_opts)}
@@ -61,7 +71,7 @@ def test_readme_choices_and_defaults_are_the_real_ones():
         doc = documented.get(p.opts[0])
         if doc is None:
             continue  # a missing row: the test above names it
-        kind = p.type_descriptor.annotation  # the declared type: an Enum for a choice option
+        kind = _declared_type(p.name)  # an Enum for a choice option
         if isinstance(kind, type) and issubclass(kind, Enum):
             choices = {member.value for member in kind}
             assert doc["choices"] == set(choices), f"{p.opts[0]}: README {doc['choices']}, CLI {choices}"
