@@ -717,6 +717,25 @@ def test_progress_reports_every_frame(tmp_path):
     assert seen == [(i, 10) for i in range(1, 11)]
 
 
+def test_engine_batches_grow_from_one_frame_in_each_segment(tmp_path):
+    """Each segment's first frame goes to the engine alone (the encoder starts after one engine call,
+    not a batch's), then batches double up to ``batch_size``; a segment's end closes its batch."""
+    src = tmp_path / "in.mp4"
+    make_clip(src, n=20)
+    sizes = []
+
+    def recording(l: np.ndarray) -> np.ndarray:
+        sizes.append(l.shape[0])
+        return constant_ab(0, 0)(l)
+
+    colorize_video(src, tmp_path / "one.mp4", recording, VideoOptions(crf=1, batch_size=4, engine_interval=1))
+    assert sizes == [1, 2, 4, 4, 4, 4, 1]
+    sizes.clear()
+    segmented = VideoOptions(crf=1, batch_size=4, engine_interval=1, segment_seconds=0.25)  # 8 frames a segment
+    colorize_video(src, tmp_path / "many.mp4", recording, segmented)
+    assert sizes == [1, 2, 4, 1] * 2 + [1, 2, 1]
+
+
 def test_is_video(tmp_path):
     from engines.media.photo_io import write_photo
 

@@ -233,7 +233,10 @@ def _analyse_stage(
 ) -> None:
     """Batches of frames -> the engine's ab, smoothed over time frame by frame; bridges pass through
     in order. A batch never spans two segments, and the last item of each segment carries the
-    smoother's state after it, so a resumed run continues exactly where this one was.
+    smoother's state after it, so a resumed run continues exactly where this one was. Each segment's
+    batches grow 1, 2, 4, ... keyframes up to ``batch_size``: the first frame reaches the encoder after
+    one engine call instead of a full batch's calls and smoothing (the encoder's threads would idle
+    meanwhile), and a resumed segment is batched exactly as the uninterrupted run batched it.
 
     With smoothing, the engine sees only every ``engine_interval``-th frame of the film (by output
     index); the frames between take the previous prediction carried along the motion
@@ -242,6 +245,7 @@ def _analyse_stage(
     pending: list = []
     frames: list[_Frame] = []
     keys = 0  # frames of ``frames`` for the engine
+    ramp = 1  # keyframes that fill the batch being gathered (see the docstring)
     interval = engine_interval if smoother is not None else 1
 
     def predict(batch: list[_Frame]) -> np.ndarray:
@@ -291,8 +295,10 @@ def _analyse_stage(
         if isinstance(item, _Frame):
             frames.append(item)
             keys += item.index % interval == 0
-        if keys >= batch_size or item.index % segment_frames == segment_frames - 1:
+        segment_end = item.index % segment_frames == segment_frames - 1
+        if keys >= ramp or segment_end:
             flush()
+            ramp = 1 if segment_end else min(batch_size, 2 * ramp)
 
 
 def lightness_of_rgb_u8(rgb: np.ndarray) -> np.ndarray:
