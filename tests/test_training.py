@@ -303,6 +303,26 @@ def test_resume_continues_exactly(tmp_path):
     _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 
 
+def test_multi_scale_batches_take_each_listed_size_and_resume_exactly(tmp_path):
+    from training.data import BatchSampler
+
+    images = np.random.default_rng(0).integers(0, 256, (20, 40, 40, 3), dtype=np.uint8)
+    a, b = (BatchSampler([images], 4, 32, seed=3, min_scale=0.5, out_sizes=(16, 24, 32)) for _ in range(2))
+    sizes = [a.next_batch().shape[-1] for _ in range(30)]
+    assert set(sizes) == {16, 24, 32}
+    b.load_state_dict(a.state_dict())
+    assert [a.next_batch().shape for _ in range(5)] == [b.next_batch().shape for _ in range(5)]
+    with pytest.raises(ValueError, match="multiples of 8"):
+        from_dict({"family": "classification", "crop_sizes": [32, 44]})
+    # A classification run on three sizes (the loss compiled, as the campaign's recipe) resumes exactly.
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, family="classification", crop_sizes=(16, 24, 32), compile_loss=True)
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "resumed", stop_at_step=5)
+    train(cfg, tmp_path / "resumed")
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
+
+
 def test_tiny_classification_run_exports_an_engine_the_pipeline_decodes(tmp_path):
     from engines.pipeline import load_colorizer
     from engines.runtime.backends import select_backend

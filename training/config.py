@@ -21,7 +21,11 @@ class TrainConfig:
     # 100,000 small web images. Validation images are never repeated.
     source_repeats: tuple[int, ...] = ()
     val_fraction: float = 0.02
-    crop_size: int = 64  # training crops are this size
+    crop_size: int = 64  # training crops are this size (and validation's)
+    # Multi-scale training: each batch's crop size drawn from these (empty: always crop_size). A photo
+    # coloured whole at the working size shows its objects smaller than a 64-pixel Tiny ImageNet image
+    # does; smaller crops of the same images train that scale (docs/experiments.md, session 15).
+    crop_sizes: tuple[int, ...] = ()
     min_crop_scale: float = 0.45  # area scale jitter of crops
     # "lab" (default) or "yuv": the space the engine predicts chroma in (see engines.color.COLOR_SPACES).
     color_space: str = "lab"
@@ -129,6 +133,8 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError("sources and source_sizes must have the same length")
     if cfg.source_repeats and (len(cfg.source_repeats) != len(cfg.sources) or min(cfg.source_repeats) < 1):
         raise ValueError("source_repeats must give a whole number of at least 1 for each source")
+    if any(size < 8 or size % 8 for size in cfg.crop_sizes):
+        raise ValueError(f"crop_sizes must be multiples of 8 (the networks' stride), got {list(cfg.crop_sizes)}")
     if cfg.family not in ("regression", "classification", "gan", "classifier"):
         raise ValueError(f"family must be regression, classification, gan or classifier, not {cfg.family!r}")
     if cfg.family == "classifier" and cfg.init_from:

@@ -343,11 +343,20 @@ class BatchSampler:
     run sees exactly the batches the uninterrupted run would have seen.
     """
 
-    def __init__(self, sources: list[np.ndarray], batch_size: int, out_size: int, seed: int, min_scale: float):
+    def __init__(
+        self,
+        sources: list[np.ndarray],
+        batch_size: int,
+        out_size: int,
+        seed: int,
+        min_scale: float,
+        out_sizes: tuple[int, ...] = (),
+    ):
         self.sources = [torch.from_numpy(s) for s in sources]
         self.sizes = [len(s) for s in sources]
         self.batch_size = batch_size
         self.out_size = out_size
+        self.out_sizes = tuple(out_sizes)  # multi-scale: each batch's size drawn from these
         self.min_scale = min_scale
         self.gen = torch.Generator().manual_seed(seed)
         self.epoch = 0
@@ -370,7 +379,8 @@ class BatchSampler:
         self._order = self._permutation()
 
     def next_batch(self, rank: int = 0, world: int = 1, with_index: bool = False):
-        """This rank's share of the next global batch: ``(B / world, 3, out, out)`` sRGB in [0, 1].
+        """This rank's share of the next global batch: ``(B / world, 3, out, out)`` sRGB in [0, 1]
+        (``out`` one of ``out_sizes`` when given, the same on every rank).
 
         Every rank draws the same global batch and the same crop parameters, and keeps its own
         contiguous slice, so the ranks together train on exactly what one process would; each rank
@@ -383,13 +393,16 @@ class BatchSampler:
         idx = self._order[self.offset : self.offset + self.batch_size]
         self.offset += self.batch_size
         theta = crop_params(len(idx), self.gen, self.min_scale)
+        size = self.out_size
+        if self.out_sizes:  # drawn after the crops, from the same generator: every rank draws the same
+            size = self.out_sizes[int(torch.randint(len(self.out_sizes), (1,), generator=self.gen))]
         per = self.batch_size // world
         idx, theta = idx[rank * per : (rank + 1) * per], theta[rank * per : (rank + 1) * per]
-        out = torch.empty(len(idx), 3, self.out_size, self.out_size)
+        out = torch.empty(len(idx), 3, size, size)
         start = 0
         for src, n in zip(self.sources, self.sizes):
             mine = (idx >= start) & (idx < start + n)
             if mine.any():
-                out[mine] = apply_crops(src[idx[mine] - start], theta[mine], self.out_size)
+                out[mine] = apply_crops(src[idx[mine] - start], theta[mine], size)
             start += n
         return (out, idx) if with_index else out

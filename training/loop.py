@@ -158,7 +158,7 @@ def _build(cfg: TrainConfig, info: distributed.DistInfo, warm_start: bool):
     when the recipe gives ``epochs``."""
     family = TASKS[cfg.family]
     data = family.load_data(cfg, Path(os.path.expanduser(cfg.cache_dir)))
-    sampler = BatchSampler(data.train, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
+    sampler = BatchSampler(data.train, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale, cfg.crop_sizes)
     if cfg.epochs:  # the length in passes over the data: known now that the data is
         cfg = replace(cfg, max_steps=max(1, int(cfg.epochs * len(sampler))))
     task = family(cfg, data.given)
