@@ -114,7 +114,7 @@ def conv_ceiling_gflops(precision: str, repeat: int = 5) -> float:
 
 
 def make_sampler(cfg: TrainConfig, train_sets: list[np.ndarray]) -> BatchSampler:
-    return BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale)
+    return BatchSampler(train_sets, cfg.batch_size, cfg.crop_size, cfg.seed, cfg.min_crop_scale, cfg.crop_sizes)
 
 
 def train_gflops_per_image(task, batch: torch.Tensor) -> float:

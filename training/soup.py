@@ -76,7 +76,7 @@ def training_batches(recipe: Path, n: int, seed: int = 123) -> list[torch.Tensor
     cfg = load_recipe(recipe)
     cache = Path(os.path.expanduser(cfg.cache_dir))
     sets = training_sets(cfg.sources, cfg.source_sizes, cfg.source_repeats, cfg.val_fraction, cache)[0]
-    sampler = BatchSampler(sets, cfg.batch_size, cfg.crop_size, seed, cfg.min_crop_scale)
+    sampler = BatchSampler(sets, cfg.batch_size, cfg.crop_size, seed, cfg.min_crop_scale, cfg.crop_sizes)
     return [sampler.next_batch() for _ in range(n)]
 
 
