@@ -144,7 +144,7 @@ def weight_labels(paths: list[Path]) -> list[str]:
     return [w.stem if stems.count(w.stem) == 1 else "/".join(w.with_suffix("").parts[-3:]) for w in paths]
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--photos", type=Path, default=ROOT.parent / "shared" / "data" / "photos-dev")
     p.add_argument("--start", type=int, default=100, help="first photo (sorted by name); 0-99 are for tuning")
@@ -158,6 +158,9 @@ def main() -> None:
     p.add_argument(
         "--corrections", nargs="*", type=float, default=[], help="classification engines: rebalancing corrections"
     )
+    p.add_argument(
+        "--saturations", nargs="*", type=float, default=[], help="scales of the predicted chroma (as --saturation)"
+    )
     p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument(
@@ -166,7 +169,11 @@ def main() -> None:
         help="store each shipped engine's figures (own working size and decoding) in its weights file, "
         "where `colorize models` shows them",
     )
-    args = p.parse_args()
+    return p
+
+
+def main() -> None:
+    args = _parser().parse_args()
 
     torch.set_num_threads(2)
     photos = load_photos(args.photos, args.start, args.limit)
@@ -182,11 +189,17 @@ def main() -> None:
         family = checkpoint.load(w if w is not None else get_spec(label).weights_path()).family
         temps = args.temperatures if family == "classification" and args.temperatures else [None]
         betas = args.corrections if family == "classification" and args.corrections else [None]
-        settings = [(size, t, b) for size in args.working_sizes or [None] for t in temps for b in betas]
-        for size, t, b in settings:
+        sats = args.saturations or [None]
+        settings = [
+            (size, t, b, s) for size in args.working_sizes or [None] for t in temps for b in betas for s in sats
+        ]
+        for size, t, b, s in settings:
             options = {k: v for k, v in (("temperature", t), ("correction", b)) if v is not None}
             c = load_colorizer(label if w is None else "custom", backend, weights=w, working_size=size, **options)
+            if s is not None:
+                c.saturation = s
             key = f"{label} @ {c.working_size}" + "".join(f", {k[0].upper()} {v:g}" for k, v in options.items())
+            key += f", S {s:g}" if s is not None else ""
             results[key], outs = evaluate(c.colorize, photos, weights)
             print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
             several = len(candidates) > 1 or len(settings) > 1

@@ -26,6 +26,7 @@ from engines import color_np
 from engines.files import file_sha256
 from engines.models.registry import get_spec
 from engines.runtime import bundle
+from engines.runtime.shapes import work_shape
 
 L_CENTER, L_SCALE = 50.0, 50.0  # as engines.color.normalize_l
 
@@ -109,15 +110,13 @@ def _antialias_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
     return index, weights
 
 
-def shrink(l: np.ndarray, working_size: int) -> np.ndarray:
-    """L ``(H, W)`` -> float32 at the working size (the long side; never up), antialiased as
-    ``Colorizer._shrink``."""
+def shrink(l: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """L ``(H, W)`` -> float32 at ``shape`` (``work_shape``), resampled as ``Colorizer._shrink``."""
     h, w = l.shape
-    scale = min(1.0, working_size / max(h, w))
     l = np.ascontiguousarray(l, dtype=np.float32)
-    if scale == 1:
+    if (h, w) == shape:
         return l
-    sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
+    sh, sw = shape
     # A few taps per output (the filter is as wide as the scale): 0.5 ms for a film's 427x240 chroma-size
     # frame, where a dense weight-matrix product (cv2.gemm) took 29 ms. NumPy's BLAS is avoided on
     # purpose: its own threads fought the pipeline's for the two cores.
@@ -240,23 +239,17 @@ class OrtColorizer:
 
     def work_shape(self, h: int, w: int) -> tuple[int, int]:
         """As ``Colorizer.work_shape``."""
-        scale = min(1.0, self.working_size / max(h, w))
-        m = self.multiple
-        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-        return sh + (-sh) % m, sw + (-sw) % m
+        return work_shape(h, w, self.working_size, self.multiple)
 
     def _network_input(self, l_small: np.ndarray) -> np.ndarray:
-        sh, sw = l_small.shape
-        m = self.multiple
-        x = (l_small - np.float32(L_CENTER)) / np.float32(L_SCALE)
-        return np.pad(x, ((0, (-sh) % m), (0, (-sw) % m)), mode="edge")[None]
+        return ((l_small - np.float32(L_CENTER)) / np.float32(L_SCALE))[None]
 
     def predict_ab_many_deferred(self, ls: list[np.ndarray]) -> list:
         """As ``Colorizer.predict_ab_many_deferred``: one engine call for photos of one work shape, each
         photo's upsampling left to a callable."""
         if self.saturation < 0:
             raise ValueError(f"saturation must be at least 0, got {self.saturation}")
-        smalls = [shrink(l[0, 0], self.working_size) for l in ls]
+        smalls = [shrink(l[0, 0], self.work_shape(*l.shape[-2:])) for l in ls]
         inputs = [self._network_input(s) for s in smalls]
         if self.noise_input:  # each photo the map it gets alone, as in PyTorch's path
             inputs = [np.concatenate((x, noise_like_torch(x.shape, self.seed))) for x in inputs]
@@ -276,7 +269,7 @@ class OrtColorizer:
 
     def _full_size_ab(self, l: np.ndarray, l_small: np.ndarray, ab_work: np.ndarray) -> np.ndarray:
         (h, w), (sh, sw) = l.shape[-2:], l_small.shape
-        ab_small = ab_work[:, :sh, :sw]
+        ab_small = ab_work
         if self.saturation != 1:
             ab_small = ab_small * np.float32(self.saturation)
         if (sh, sw) == (h, w):

@@ -23,6 +23,7 @@ from engines.models.unet import UNet
 from engines.runtime import backends as runtime
 from engines.runtime import trt_backend
 from engines.runtime.backends import Backend
+from engines.runtime.shapes import work_shape
 
 # Each family turns the network's raw output into ab (CIELAB units): ``decode(raw, family_state, **options)``.
 FAMILIES: dict[str, Callable[..., torch.Tensor]] = {
@@ -108,30 +109,23 @@ class Colorizer:
         self.saturation = saturation  # see ``predict_ab``
 
     def work_shape(self, h: int, w: int) -> tuple[int, int]:
-        """The network input's (height, width) for a photo of ``h x w``: the working size scales the long
-        side (never up), then padding to the network's multiple. Photos with equal shapes share a batch."""
-        scale = min(1.0, self.working_size / max(h, w))
-        m = self.model.multiple
-        sh, sw = max(1, round(h * scale)), max(1, round(w * scale))
-        return sh + (-sh) % m, sw + (-sw) % m
+        """The network input's (height, width) for a photo of ``h x w`` (``engines.runtime.shapes.work_shape``:
+        the long side scaled to the working size, each side stretched up to the network's multiple).
+        Photos with equal shapes share a batch."""
+        return work_shape(h, w, self.working_size, self.model.multiple)
 
     def _shrink(self, l: torch.Tensor) -> torch.Tensor:
-        """Full-resolution L -> working-size L (antialiased; small photos are never upscaled)."""
-        h, w = l.shape[-2:]
-        scale = min(1.0, self.working_size / max(h, w))
-        if scale == 1:
+        """Full-resolution L -> L at ``work_shape`` (antialiased)."""
+        size = self.work_shape(*l.shape[-2:])
+        if size == tuple(l.shape[-2:]):
             return l
-        size = (max(1, round(h * scale)), max(1, round(w * scale)))
         return F.interpolate(l, size=size, mode="bilinear", antialias=True, align_corners=False)
 
     def _network_input(self, l_small: torch.Tensor) -> torch.Tensor:
-        sh, sw = l_small.shape[-2:]
-        m = self.model.multiple
-        # Replicate padding works for any size, even 1x1 (reflection needs pad < side).
-        return F.pad(color.input_from_lightness(l_small, self.color_space), (0, (-sw) % m, 0, (-sh) % m), "replicate")
+        return color.input_from_lightness(l_small, self.color_space)
 
     def _engine(self, l_in: torch.Tensor) -> torch.Tensor:
-        """Network input -> chroma at the padded working size, one call for the whole batch."""
+        """Network input -> chroma at the work shape, one call for the whole batch."""
         # (The CUDA runner copies host tensors itself, from pinned memory.) Contiguous: a channels-last
         # output would carry its layout into the full-size interpolation, measured 5x slower there.
         ab_work = self.decode(self.model(l_in).float().cpu().contiguous())
@@ -141,9 +135,9 @@ class Colorizer:
 
     @torch.inference_mode()  # also when a pipeline calls it on a thread of its own (see predict_ab_many_deferred)
     def _full_size_ab(self, l: torch.Tensor, l_small: torch.Tensor, ab_work: torch.Tensor) -> torch.Tensor:
-        """Unpadded working-size chroma -> ab scaled by the saturation, upsampled to ``l``'s size."""
+        """Working-size chroma -> ab scaled by the saturation, upsampled to ``l``'s size."""
         (h, w), (sh, sw) = l.shape[-2:], l_small.shape[-2:]
-        ab_small = color.chroma_to_ab(l_small, ab_work[..., :sh, :sw], self.color_space)
+        ab_small = color.chroma_to_ab(l_small, ab_work, self.color_space)
         if self.saturation != 1:
             ab_small = ab_small * self.saturation
         if (sh, sw) == (h, w):

@@ -77,7 +77,20 @@ def test_working_size_bounds_engine_input():
     c.model.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
     c.colorize(np.zeros((300, 500, 3), np.float32))
     c.colorize(np.zeros((10, 20, 3), np.float32))
-    assert seen == [(48, 64), (16, 32)]  # long side 64 (padded to /16), and small photos never upscaled
+    assert seen == [(48, 64), (16, 32)]  # long side 64, each side up to the multiple (16)
+
+
+def test_engine_input_is_the_photo_stretched_to_the_multiple_not_padded():
+    """A 16:9 frame at working size 96 is 54 rows; the network takes 64. Padding would repeat the last
+    row ten times (content never seen in training, which cost AuC on the tuning photos); the photo is
+    resampled to 64 rows instead, so every row of the input is the photo's."""
+    seen = []
+    c = _random_colorizer(working_size=96)
+    c.model.register_forward_hook(lambda m, i, o: seen.append(i[0][0, 0].clone()))
+    ramp = np.linspace(0.05, 0.95, 270, dtype=np.float32)[:, None, None]  # brighter row by row
+    c.colorize(np.broadcast_to(ramp, (270, 480, 3)).copy())
+    rows = seen[0].mean(dim=-1)
+    assert seen[0].shape == (64, 96) and bool((rows.diff() > 0).all())
 
 
 def test_checkpoint_round_trip(tmp_path):

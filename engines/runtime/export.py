@@ -2,7 +2,7 @@
 
 The exported graph maps ``l_norm (N, 1, H, W)`` (normalised lightness, see ``engines.color``) to the
 family's raw output (``ab_norm (N, 2, H, W)`` for regression); H and W must be multiples of
-``UNet.multiple`` (16), as in the PyTorch pipeline, which pads to that before calling the engine.
+``UNet.multiple`` (16), as in the pipelines, which resample the photo to that shape (``work_shape``) before calling the engine.
 This file is the input of the TensorRT builder (issue #5, not part of this build yet).
 """
 
