@@ -59,9 +59,16 @@ def score(path: Path, photos: dict, weights: torch.Tensor, options: dict, backen
     return {**r, "family": ckpt.family}
 
 
+# Part of every kept score's key: changed whenever the pipeline or a metric changes what a score means, so
+# that older kept scores are not mixed with new ones. "v2" (session 16): frames stretched to the network's
+# shape instead of padded, and false colour as the share of truly neutral pixels coloured strongly.
+SCORING = "v2"
+
+
 def score_key(path: Path, photos_dir: Path, start: int, limit: int, options: dict) -> str:
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:20]
-    return f"{digest} {photos_dir.name} {start}+{limit} T{options['temperature']:g} B{options['correction']:g}"
+    t, b = options["temperature"], options["correction"]
+    return f"{SCORING} {digest} {photos_dir.name} {start}+{limit} T{t:g} B{b:g}"
 
 
 def point(path: Path, is_start: bool, kept: dict, photos: dict, weights, options: dict, backend, args) -> dict:
@@ -183,7 +190,7 @@ def main() -> None:
         "",
         (
             f"| series | weights | {seen} | AuC - gray | rebal. AuC - gray | colourfulness / originals' "
-            "| mean a* on green pixels | truly neutral among chroma > 25 (%) |"
+            "| mean a* on green pixels | truly neutral pixels given chroma > 25 (%) |"
         ),
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]

@@ -224,7 +224,7 @@ def main() -> None:
         "",
         (
             f"| prediction | AuC | AuC rebal. | PSNR | CIEDE2000 | colourfulness (originals: {true_colourful:.1f}) "
-            f"| mean a* on truly green pixels (originals: {results['all-gray prediction']['green_a_true']:.1f}) | truly neutral among chroma > 25 (%) "
+            f"| mean a* on truly green pixels (originals: {results['all-gray prediction']['green_a_true']:.1f}) | truly neutral pixels given chroma > 25 (%) "
             "| mean abs dL | classifier top-1 agreement with original (%) | Frechet distance, classifier features |"
         ),
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

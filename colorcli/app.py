@@ -1006,7 +1006,7 @@ def _print_eval_table(summary: dict) -> None:
             "mean a* on truly green pixels: results / truth",
             f"{_maybe(summary['green_a'], '.1f')} / {_maybe(summary['green_a_truth'], '.1f')}",
         ),
-        ("truly neutral among strongly coloured pixels (%)", _maybe(summary["false_colour_percent"], ".1f")),
+        ("truly neutral pixels coloured strongly (%)", _maybe(summary["false_colour_percent"], ".1f")),
     ]
     if "videos" in summary:
 

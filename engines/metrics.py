@@ -7,8 +7,10 @@
 - Colourfulness (Hasler and Suesstrunk 2003) on 8-bit sRGB scale.
 - Colour fidelity (``ColourFidelity``): what a user sees first, that averages hide. The mean predicted
   a* on pixels whose true colour is green (a* < -8, chroma > 12): lawns and trees; and the share of
-  truly neutral pixels (chroma < 8) among those predicted strongly coloured (chroma > 25): false colour
-  on walls, roads and skies of overcast days.
+  truly neutral pixels (chroma < 8) that the prediction colours strongly (chroma > 25): false colour on
+  walls, roads and skies of overcast days (issue 16: "false colour on about half of the truly neutral
+  pixels"). Until session 16 this was the other conditional, the truly neutral share among the strongly
+  coloured pixels, which rewards painting more of the picture strongly, rightly or not.
 - CDC, colour distribution consistency of a video (Liu et al. 2021): Jensen-Shannon divergence of the
   per-channel colour histograms of frames 1, 2 and 4 apart (``ColourDistributionConsistency``).
 """
@@ -104,15 +106,14 @@ NEUTRAL_CHROMA_MAX, STRONG_CHROMA_MIN = 8.0, 25.0  # truly neutral; predicted st
 
 class ColourFidelity:
     """Pooled over all pixels of a set: mean predicted a* on truly green pixels, and the share of truly
-    neutral pixels among those predicted with strong chroma (see the module doc). NaN where no pixel
-    qualifies."""
+    neutral pixels predicted with strong chroma (see the module doc). NaN where no pixel qualifies."""
 
     def __init__(self) -> None:
         self.green_pixels = 0
         self.green_a_sum = 0.0
         self.green_a_true_sum = 0.0  # the truth's own mean a* there: the figure to approach
-        self.strong_pixels = 0
-        self.strong_neutral = 0
+        self.neutral_pixels = 0
+        self.neutral_strong = 0
 
     def update(self, ab_pred: torch.Tensor, ab_true: torch.Tensor) -> None:
         """ab ``(..., 2, H, W)`` in CIELAB units."""
@@ -122,16 +123,16 @@ class ColourFidelity:
         self.green_pixels += int(green.sum())
         self.green_a_sum += float(a_pred[green].sum())
         self.green_a_true_sum += float(a_true[green].sum())
-        strong = c_pred > STRONG_CHROMA_MIN
-        self.strong_pixels += int(strong.sum())
-        self.strong_neutral += int((strong & (c_true < NEUTRAL_CHROMA_MAX)).sum())
+        neutral = c_true < NEUTRAL_CHROMA_MAX
+        self.neutral_pixels += int(neutral.sum())
+        self.neutral_strong += int((neutral & (c_pred > STRONG_CHROMA_MIN)).sum())
 
     def merge(self, other: ColourFidelity) -> None:
         self.green_pixels += other.green_pixels
         self.green_a_sum += other.green_a_sum
         self.green_a_true_sum += other.green_a_true_sum
-        self.strong_pixels += other.strong_pixels
-        self.strong_neutral += other.strong_neutral
+        self.neutral_pixels += other.neutral_pixels
+        self.neutral_strong += other.neutral_strong
 
     def green_a(self) -> float:
         return self.green_a_sum / self.green_pixels if self.green_pixels else float("nan")
@@ -140,8 +141,8 @@ class ColourFidelity:
         return self.green_a_true_sum / self.green_pixels if self.green_pixels else float("nan")
 
     def false_colour_share(self) -> float:
-        """Percent of strongly coloured predicted pixels whose truth is neutral."""
-        return 100 * self.strong_neutral / self.strong_pixels if self.strong_pixels else float("nan")
+        """Percent of truly neutral pixels that the prediction colours strongly."""
+        return 100 * self.neutral_strong / self.neutral_pixels if self.neutral_pixels else float("nan")
 
 
 class RgbErrorCurve(AbErrorCurve):

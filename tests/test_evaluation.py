@@ -1,7 +1,6 @@
 """`colorize eval` metrics: against scikit-image's implementations, and on cases with known answers."""
 
 import json
-import math
 from pathlib import Path
 
 import cv2
@@ -84,10 +83,10 @@ def test_green_and_false_colour_known_answers(tmp_path):
     assert lawn_a < -30 and got["perfect"]["green_a_truth"] == pytest.approx(lawn_a, abs=0.05)
     assert got["perfect"]["green_a"] == pytest.approx(lawn_a, abs=0.05)
     assert got["sepia"]["green_a"] == pytest.approx(4.0, abs=0.1)
-    # Strongly coloured pixels: the lawn only (perfect), none (sepia: chroma 12.6), lawn and wall (false).
-    assert got["perfect"]["false_colour_percent"] == 0.0
-    assert math.isnan(got["sepia"]["false_colour_percent"])
-    assert got["false"]["false_colour_percent"] == pytest.approx(50.0)
+    # The truly neutral pixels are the wall's: coloured strongly by none of perfect and sepia, all of false
+    # (whose strongly coloured pixels are half lawn, half wall: the other conditional would give 50 %).
+    assert got["perfect"]["false_colour_percent"] == got["sepia"]["false_colour_percent"] == 0.0
+    assert got["false"]["false_colour_percent"] == pytest.approx(100.0)
 
 
 def test_known_answers_perfect_gray_and_shifted(tmp_path, photo):

@@ -659,21 +659,23 @@ def _ab_pixels(a: list[float], b: list[float]) -> torch.Tensor:
 
 def test_colour_fidelity_known_answers():
     # Truth: two green pixels (a -20, b 10: chroma 22; a -9, b 9: chroma 12.7), one pale green that does
-    # not count (a -9, b 0: chroma 9 < 12), one neutral (2, 2), one red (30, 10).
-    truth = _ab_pixels([-20, -9, -9, 2, 30], [10, 9, 0, 2, 10])
-    # Prediction: a +4 and -6 on the green ones (mean -1), strong colour (chroma 40) on the neutral pixel
-    # and on the red one, weak on the pale green.
-    pred = _ab_pixels([4, -6, 1, 40, 0], [0, 0, 0, 0, 40])
+    # not count (a -9, b 0: chroma 9 < 12), two neutral ((2, 2) and (0, 0)), one red (30, 10), one blue.
+    truth = _ab_pixels([-20, -9, -9, 2, 0, 30, 0], [10, 9, 0, 2, 0, 10, -30])
+    # Prediction: a +4 and -6 on the green ones (mean -1), strong colour (chroma 40) on the first neutral
+    # pixel and on the red and blue ones, weak colour (chroma 20) on the second neutral one and the pale green.
+    pred = _ab_pixels([4, -6, 1, 40, 12, 0, 0], [0, 0, 0, 0, 16, 40, -40])
     f = M.ColourFidelity()
     f.update(pred, truth)
     assert f.green_pixels == 2
     assert f.green_a() == pytest.approx(-1.0)
     assert f.green_a_true() == pytest.approx(-14.5)
-    assert f.false_colour_share() == pytest.approx(50.0)  # 2 strongly coloured pixels, 1 truly neutral
+    # Of the 2 truly neutral pixels 1 is coloured strongly: 50 %, whatever else is strong (the other
+    # conditional, neutral among the 3 strong pixels, would be 33 %).
+    assert f.false_colour_share() == pytest.approx(50.0)
     # Pooling two halves gives the same figures as one pass over everything.
     g, h = M.ColourFidelity(), M.ColourFidelity()
-    g.update(pred[..., :3], truth[..., :3])
-    h.update(pred[..., 3:], truth[..., 3:])
+    g.update(pred[..., :4], truth[..., :4])
+    h.update(pred[..., 4:], truth[..., 4:])
     g.merge(h)
     assert (g.green_a(), g.false_colour_share()) == (f.green_a(), f.false_colour_share())
 
@@ -684,9 +686,11 @@ def test_colour_fidelity_boundaries_and_empty():
     # a* exactly -8 is not green; predicted chroma exactly 25 is not strong; truth chroma exactly 8 is not neutral.
     f.update(_ab_pixels([25, 26], [0, 0]), _ab_pixels([-8, 8], [20, 0]))
     assert f.green_pixels == 0
-    assert f.strong_pixels == 1 and f.strong_neutral == 0
-    # A perfect prediction of a lawn reproduces the truth's own a*.
-    lawn = _ab_pixels([-18, -22, -25], [15, 20, 5])
+    assert f.neutral_pixels == 0 and math.isnan(f.false_colour_share())
+    f.update(_ab_pixels([25, 26], [0, 0]), _ab_pixels([7.9, 7.9], [0, 0]))
+    assert f.neutral_pixels == 2 and f.neutral_strong == 1
+    # A perfect prediction of a lawn beside a wall reproduces the truth's own a*.
+    lawn = _ab_pixels([-18, -22, -25, 1], [15, 20, 5, -1])  # and one gray pixel: no false colour
     p = M.ColourFidelity()
     p.update(lawn, lawn)
     assert p.green_a() == pytest.approx(p.green_a_true()) == pytest.approx(-65 / 3)

@@ -9,8 +9,8 @@ Pairs files by relative path (extension ignored), scores each pair and pools the
   over images of |CF(result) - CF(truth)|, and |mean CF(results) - mean CF(truths)|;
 - lightness error: mean |L(result) - L(truth)|;
 - colour fidelity (``engines.metrics.ColourFidelity``), pooled over all pixels: the mean a* of the
-  result on truly green pixels (lawns, trees), and the share of truly neutral pixels among those the
-  result colours strongly (false colour).
+  result on truly green pixels (lawns, trees), and the share of truly neutral pixels that the result
+  colours strongly (false colour).
 
 Videos (two films, or two folders of films paired the same way) are scored frame by frame with the
 same per-image metrics, pooled over all frames of all videos (AuC over all pixels, the means over
