@@ -25,8 +25,8 @@ ENGINES: dict[str, EngineSpec] = {
         family="regression",
         weights="regression.pt",
         summary=(
-            "U-Net regressing CIELAB ab, trained from scratch on Tiny ImageNet + outdoor scenes "
-            "(weight mix of a Huber run and a class-rebalanced Huber run)"
+            "U-Net regressing CIELAB ab on the training campaign's network (trained from scratch on Tiny "
+            "ImageNet, CIFAR-10 and outdoor scenes); weight mix of a Huber head and a class-rebalanced one"
         ),
     ),
     "classification": EngineSpec(
