@@ -1,0 +1,141 @@
+"""The shipping rule: does a candidate replace a shipped engine? One command, the project's three tuning
+sets, one verdict per candidate (the rule sessions 11-17 applied by hand).
+
+    python -m benchmarks.shipping regression RUN/engine.pt [SOUP.pt ...]
+    python -m benchmarks.shipping classification CANDIDATE.pt --decodings 0.4,0.45 0.5,0.5 ...
+
+Tuning sets (never the photos the project reports, BSDS 100-199):
+- ``bsds``: photos-dev 0-99 (BSDS500 train, 3:2);
+- ``tiny``: the campaign recipe's held-out Tiny ImageNet images, every 5th (391; ``benchmarks.holdout``);
+- ``davis``: the davis films' first frame and one a second (23, 16:9; ``benchmarks.film_frames``).
+The last two are written under ``--sets`` on first use, from the data folder.
+
+A candidate, at one of its decodings (classification: ``T,C`` pairs; other families: as saved), passes
+when on every set it loses none of the figures below against the shipped engine at the shipped
+decoding, a difference within the tie counting as no loss. Passing is necessary, not sufficient: look
+at the candidates side by side before shipping one.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks import ROOT, film_frames, holdout
+from benchmarks.quality import evaluate, load_photos, to_chw
+from engines.evaluation.scoring import training_prior
+from engines.metrics import colourfulness, rebalance_weights
+from engines.models import checkpoint
+from engines.models.registry import ENGINES
+from engines.pipeline import load_colorizer
+from engines.runtime.backends import select_backend
+
+DATA = ROOT.parent / "shared" / "data"
+CAMPAIGN_RECIPE = ROOT / "training" / "recipes" / "campaign-classification.toml"
+COLOUR_BAND = (0.8, 1.1)  # issue 16's colourfulness target, as a fraction of the originals'
+
+# (figure, which way is better, tie). Colourfulness counts by its ratio's distance from the band.
+FIGURES = (
+    ("auc", "higher", 0.02),
+    ("auc_rebal", "higher", 0.02),
+    ("green_a", "lower", 0.1),
+    ("false_colour", "lower", 0.2),
+    ("colour_off_band", "lower", 0.01),
+)
+
+
+def off_band(ratio: float, band: tuple[float, float] = COLOUR_BAND) -> float:
+    """How far a colourfulness ratio lies outside the band (0 inside it)."""
+    return max(band[0] - ratio, ratio - band[1], 0.0)
+
+
+def losses(candidate: dict[str, float], shipped: dict[str, float]) -> list[str]:
+    """The figures on which ``candidate`` is worse than ``shipped`` by more than the tie."""
+    lost = []
+    for key, better, tie in FIGURES:
+        gain = candidate[key] - shipped[key] if better == "higher" else shipped[key] - candidate[key]
+        if gain < -tie:
+            lost.append(key)
+    return lost
+
+
+def tuning_sets(data: Path, sets: Path) -> dict[str, tuple[Path, int, int]]:
+    """Each set's folder, first photo and count; the derived sets are written once under ``sets``."""
+    tiny, frames = sets / "tiny-val", sets / "film-frames"
+    if not any(tiny.glob("*.png")):
+        holdout.export(CAMPAIGN_RECIPE, tiny, source_contains="tiny-imagenet", every=5)
+    if not any(frames.glob("*.png")):
+        film_frames.export(film_frames.films_in(data / "video-dev"), frames)
+    return {"bsds": (data / "photos-dev", 0, 100), "tiny": (tiny, 0, 400), "davis": (frames, 0, 23)}
+
+
+def score(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, true_colourful: float) -> dict:
+    r, _ = evaluate(colorize, photos, weights)
+    r["colour_ratio"] = r["colourfulness"] / true_colourful
+    r["colour_off_band"] = off_band(r["colour_ratio"])
+    return r
+
+
+def _decodings(family: str, pairs: list[str]) -> list[dict[str, float]]:
+    if family != "classification" or not pairs:
+        return [{}]
+    out = []
+    for pair in pairs:
+        t, c = (float(x) for x in pair.split(","))
+        out.append({"temperature": t, "correction": c})
+    return out
+
+
+def _row(label: str, per_set: dict[str, dict], verdict: str) -> str:
+    cells = [
+        f"{r['auc']:.2f} / {r['auc_rebal']:.2f} / {r['colour_ratio']:.2f} / {r['green_a']:+.1f} / {r['false_colour']:.1f}"
+        for r in per_set.values()
+    ]
+    return f"| {label} | " + " | ".join(cells) + f" | {verdict} |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("engine", choices=list(ENGINES), help="the shipped engine the candidates would replace")
+    p.add_argument("candidates", nargs="+", type=Path, help="engine files (training runs' engine.pt, soups)")
+    p.add_argument("--decodings", nargs="*", default=[], help="classification: T,C pairs to try for each candidate")
+    p.add_argument("--data", type=Path, default=DATA)
+    p.add_argument("--sets", type=Path, default=Path("~/.cache/colorize/tuning").expanduser())
+    args = p.parse_args(argv)
+
+    torch.set_num_threads(2)
+    weights = rebalance_weights(training_prior(), lam=0.0)
+    backend = select_backend("cpu")
+    sets = {}
+    for name, (folder, start, limit) in tuning_sets(args.data, args.sets).items():
+        photos = load_photos(folder, start, limit)
+        sets[name] = (photos, float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()])))
+
+    shipped_c = load_colorizer(args.engine, backend)
+    shipped = {name: score(shipped_c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
+    lines = [
+        "| engine | "
+        + " | ".join(f"{s}: plain / rebal. / colour ratio / green a* / false %" for s in sets)
+        + " | verdict |",
+        "|---|" + "---|" * (len(sets) + 1),
+        _row(f"shipped `{args.engine}`", shipped, ""),
+    ]
+    print(lines[-1], flush=True)
+    for path in args.candidates:
+        family = checkpoint.load(path).family
+        for options in _decodings(family, args.decodings):
+            c = load_colorizer("custom", backend, weights=path, **options)
+            per_set = {name: score(c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
+            lost = [f"{name} {key}" for name in sets for key in losses(per_set[name], shipped[name])]
+            label = f"{path}" + "".join(f", {k[0].upper()} {v:g}" for k, v in options.items())
+            lines.append(_row(label, per_set, "passes" if not lost else "loses " + ", ".join(lost)))
+            print(lines[-1], flush=True)
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
