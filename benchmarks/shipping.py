@@ -19,6 +19,7 @@ at the candidates side by side before shipping one.
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,19 @@ def losses(candidate: dict[str, float], shipped: dict[str, float]) -> list[str]:
 def tuning_sets(data: Path, sets: Path) -> dict[str, tuple[Path, int, int]]:
     """Each set's folder, first photo and count; the derived sets are written once under ``sets``."""
     tiny, frames = sets / "tiny-val", sets / "film-frames"
-    if not any(tiny.glob("*.png")):
-        holdout.export(CAMPAIGN_RECIPE, tiny, source_contains="tiny-imagenet", every=5)
-    if not any(frames.glob("*.png")):
-        film_frames.export(film_frames.films_in(data / "video-dev"), frames)
+    _write_once(tiny, lambda out: holdout.export(CAMPAIGN_RECIPE, out, source_contains="tiny-imagenet", every=5))
+    _write_once(frames, lambda out: film_frames.export(film_frames.films_in(data / "video-dev"), out))
     return {"bsds": (data / "photos-dev", 0, 100), "tiny": (tiny, 0, 400), "davis": (frames, 0, 23)}
+
+
+def _write_once(folder: Path, export) -> None:
+    """Export into a scratch folder renamed when complete, so that an interrupted export is not reused."""
+    if folder.is_dir():
+        return
+    scratch = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(scratch, ignore_errors=True)
+    export(scratch)
+    scratch.rename(folder)
 
 
 def score(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, true_colourful: float) -> dict:
@@ -79,12 +88,14 @@ def score(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, true_c
     return r
 
 
-def _decodings(family: str, pairs: list[str]) -> list[dict[str, float]]:
-    if family != "classification" or not pairs:
-        return [{}]
+def _decodings(pairs: list[str]) -> list[dict[str, float]]:
+    """``["0.5,0.45", ...]`` -> classification decoding options; ValueError names a malformed pair."""
     out = []
     for pair in pairs:
-        t, c = (float(x) for x in pair.split(","))
+        try:
+            t, c = (float(x) for x in pair.split(","))
+        except ValueError:
+            raise ValueError(f"--decodings takes T,C pairs such as 0.5,0.45, got {pair!r}") from None
         out.append({"temperature": t, "correction": c})
     return out
 
@@ -105,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=DATA)
     p.add_argument("--sets", type=Path, default=Path("~/.cache/colorize/tuning").expanduser())
     args = p.parse_args(argv)
+    try:
+        decodings = _decodings(args.decodings)
+    except ValueError as e:
+        p.error(str(e))
+    for path in args.candidates:
+        if not path.is_file():
+            p.error(f"no engine file {path}")
 
     torch.set_num_threads(2)
     weights = rebalance_weights(training_prior(), lam=0.0)
@@ -126,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(lines[-1], flush=True)
     for path in args.candidates:
         family = checkpoint.load(path).family
-        for options in _decodings(family, args.decodings):
+        for options in decodings if family == "classification" and decodings else [{}]:
             c = load_colorizer("custom", backend, weights=path, **options)
             per_set = {name: score(c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
             lost = [f"{name} {key}" for name in sets for key in losses(per_set[name], shipped[name])]

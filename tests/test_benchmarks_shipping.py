@@ -4,7 +4,7 @@ import cv2
 import numpy as np
 import pytest
 
-from benchmarks.shipping import FIGURES, losses, main, off_band, tuning_sets
+from benchmarks.shipping import FIGURES, _write_once, losses, main, off_band, tuning_sets
 from engines.models.registry import get_spec
 from tests.test_training import _colourful
 
@@ -26,6 +26,34 @@ def test_each_figure_is_lost_only_beyond_its_tie_and_in_its_own_direction():
         assert losses({**SHIPPED, key: SHIPPED[key] - worse * tie * 3}, SHIPPED) == []  # a gain
     # A paler candidate inside the band no longer loses to a more colourful one outside it.
     assert losses({**SHIPPED, "colour_off_band": 0.0}, SHIPPED) == []
+
+
+def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["regression", str(tmp_path / "missing.pt")])
+    assert e.value.code == 2 and "no engine file" in capsys.readouterr().err
+    shipped = str(get_spec("regression").weights_path())
+    with pytest.raises(SystemExit) as e:
+        main(["classification", shipped, "--decodings", "0.5"])
+    assert e.value.code == 2 and "T,C pairs" in capsys.readouterr().err
+
+
+def test_an_interrupted_export_is_not_taken_for_a_set(tmp_path):
+    calls = []
+
+    def export(out):
+        calls.append(out)
+        out.mkdir()
+        (out / "a.png").write_bytes(b"")
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _write_once(tmp_path / "set", export)
+    assert not (tmp_path / "set").exists()
+    _write_once(tmp_path / "set", export)
+    _write_once(tmp_path / "set", export)  # complete: not written again
+    assert len(calls) == 2 and (tmp_path / "set" / "a.png").exists()
 
 
 def _photos(folder, n, rng, shape):
