@@ -34,14 +34,13 @@ import math
 import platform
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks import ROOT, current_commit
-from benchmarks.quality import evaluate, gray_of, load_photos
+from benchmarks.quality import evaluate, gray_of, load_photos, originals_colourfulness
 from engines.evaluation.scoring import training_prior
 from engines.files import atomic_path, write_text
-from engines.metrics import colourfulness, rebalance_weights
+from engines.metrics import rebalance_weights
 from engines.models import checkpoint
 from engines.pipeline import load_colorizer
 from engines.runtime.backends import select_backend
@@ -150,9 +149,7 @@ def main() -> None:
     backend = select_backend("cpu")
     options = {"temperature": args.temperature, "correction": args.correction}
     gray, _ = evaluate(gray_of, photos, weights)
-    true_colourful = float(
-        np.mean([float(colourfulness(torch.from_numpy(x).permute(2, 0, 1))) for x in photos.values()])
-    )
+    true_colourful = originals_colourfulness(photos)
     kept_path = args.scores or args.out / "learning_curve-scores.json"
     kept = {} if args.rescore or not kept_path.exists() else json.loads(kept_path.read_text())
     start = [args.start_engine] if args.start_engine else []

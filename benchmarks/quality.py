@@ -56,6 +56,11 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
 
 
+def originals_colourfulness(photos: dict[str, np.ndarray]) -> float:
+    """The photos' own mean colourfulness, what an engine's is measured against."""
+    return float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+
+
 def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
     curve, fidelity = AbErrorCurve(weights), ColourFidelity()
     probe = RealismProbe(realism_networks(DEFAULT_CLASSIFIER, None))
@@ -205,7 +210,7 @@ def main() -> None:
             several = len(candidates) > 1 or len(settings) > 1
             columns[key if several and len(settings) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
     columns["original"] = {n: photos[n] for n in columns["gray input"]}
-    true_colourful = float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+    true_colourful = originals_colourfulness(photos)
     # photos-dev is BSDS500's train split; any other folder is described by its name alone.
     kind = "BSDS500 train" if args.photos.name == "photos-dev" else "a folder"
     if args.record:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from benchmarks import ROOT, film_frames, holdout
-from benchmarks.quality import evaluate, load_photos, to_chw
+from benchmarks.quality import evaluate, load_photos, originals_colourfulness
 from engines.evaluation.scoring import training_prior
-from engines.metrics import colourfulness, rebalance_weights
+from engines.metrics import rebalance_weights
 from engines.models import checkpoint
 from engines.models.registry import ENGINES
 from engines.pipeline import load_colorizer
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     sets = {}
     for name, (folder, start, limit) in tuning_sets(args.data, args.sets).items():
         photos = load_photos(folder, start, limit)
-        sets[name] = (photos, float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()])))
+        sets[name] = (photos, originals_colourfulness(photos))
 
     shipped_c = load_colorizer(args.engine, backend)
     shipped = {name: score(shipped_c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
