@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import zlib
 from pathlib import Path
 
 import cv2
@@ -61,12 +62,16 @@ def originals_colourfulness(photos: dict[str, np.ndarray]) -> float:
     return float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
 
 
-def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> tuple[dict, dict[str, np.ndarray]]:
+def evaluate(
+    colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, inputs: dict[str, np.ndarray] | None = None
+) -> tuple[dict, dict[str, np.ndarray]]:
+    """Each photo coloured (from ``inputs[name]`` when given, e.g. a degraded gray; else from itself) and
+    scored against the photo."""
     curve, fidelity = AbErrorCurve(weights), ColourFidelity()
     probe = RealismProbe(realism_networks(DEFAULT_CLASSIFIER, None))
     colourful, dl, psnrs, de, outputs = [], [], [], [], {}
     for name, rgb in photos.items():
-        out = colorize(rgb)
+        out = colorize(rgb if inputs is None else inputs[name])
         out = np.round(out * 255) / 255  # what an 8-bit file would hold
         lab_true = color.rgb_to_lab(to_chw(rgb).double())
         lab_pred = color.rgb_to_lab(to_chw(out).double())
@@ -95,6 +100,22 @@ def evaluate(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor) -> 
 def gray_of(rgb: np.ndarray) -> np.ndarray:
     l = color.rgb_to_lightness(to_chw(rgb))
     return color.lightness_to_rgb_gray(l).permute(1, 2, 0).numpy()
+
+
+def old_print(rgb: np.ndarray, name: str) -> np.ndarray:
+    """The photo's gray as a worn print or scan would give it (``--degrade``): a darker, flatter tone curve,
+    soft focus, grain and JPEG at quality 40, the same for a given photo name every time. The engines are
+    scored on colouring this against the clean original's colour. JPEG is never applied in training
+    (``training.degrade``), so the set is not only what a degrade-trained engine has seen."""
+    x = color.rgb_to_lightness(to_chw(rgb)).squeeze(0).numpy() / 100
+    x = x**1.25
+    x = x.mean() + (x - x.mean()) * 0.85
+    x = cv2.GaussianBlur(x, (0, 0), sigmaX=1.2)
+    x = x + np.random.default_rng(zlib.crc32(name.encode())).normal(0, 0.03, x.shape).astype(np.float32)
+    gray = color.lightness_to_rgb_gray(torch.from_numpy(np.clip(x, 0, 1) * 100)[None])[0].numpy()  # R = G = B
+    ok, jpeg = cv2.imencode(".jpg", np.round(gray * 255).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 40])
+    assert ok
+    return np.repeat(cv2.imdecode(jpeg, cv2.IMREAD_GRAYSCALE)[..., None], 3, axis=2).astype(np.float32) / 255
 
 
 def gallery(rows: list[str], columns: dict[str, dict[str, np.ndarray]], path: Path, height: int = 160) -> None:
@@ -166,6 +187,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--saturations", nargs="*", type=float, default=[], help="scales of the predicted chroma (as --saturation)"
     )
+    p.add_argument(
+        "--degrade",
+        action="store_true",
+        help="colour each photo from a worn print's gray (quality.old_print) instead of its own",
+    )
     p.add_argument("--gallery-every", type=int, default=25, help="gallery: every Nth photo of the sorted folder")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument(
@@ -179,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def main() -> None:
     args = _parser().parse_args()
+    if args.degrade and args.record:
+        raise SystemExit("--record stores the clean photos' figures: run it without --degrade")
 
     torch.set_num_threads(2)
     photos = load_photos(args.photos, args.start, args.limit)
@@ -188,6 +216,9 @@ def main() -> None:
 
     results: dict[str, dict] = {}
     columns: dict[str, dict[str, np.ndarray]] = {"gray input": {n: gray_of(photos[n]) for n in gallery_names}}
+    inputs = {n: old_print(rgb, n) for n, rgb in photos.items()} if args.degrade else None
+    if inputs is not None:
+        columns["gray input"] = {n: inputs[n] for n in gallery_names}
     results["all-gray prediction"], _ = evaluate(gray_of, photos, weights)
     candidates = [(e, None) for e in args.engine] + list(zip(weight_labels(args.weights), args.weights))
     for label, w in candidates:
@@ -205,7 +236,7 @@ def main() -> None:
                 c.saturation = s
             key = f"{label} @ {c.working_size}" + "".join(f", {k[0].upper()} {v:g}" for k, v in options.items())
             key += f", S {s:g}" if s is not None else ""
-            results[key], outs = evaluate(c.colorize, photos, weights)
+            results[key], outs = evaluate(c.colorize, photos, weights, inputs)
             print(key, {k: round(v, 2) for k, v in results[key].items()}, flush=True)
             several = len(candidates) > 1 or len(settings) > 1
             columns[key if several and len(settings) > 1 else label] = {n: outs[n] for n in columns["gray input"]}
@@ -223,7 +254,7 @@ def main() -> None:
         (
             f"Held-out photos: {len(photos)} from `{args.photos.name}` ({kind}, never used in training; "
             f"photos {args.start} to {args.start + len(photos) - 1} by sorted name), "
-            f"coloured from their lightness. Machine: {platform.machine()} CPU, torch {torch.__version__}, "
+            f"coloured from their lightness{' degraded as a worn print (--degrade)' if args.degrade else ''}. Machine: {platform.machine()} CPU, torch {torch.__version__}, "
             f"commit {commit}."
         ),
         "",

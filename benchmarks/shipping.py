@@ -7,8 +7,11 @@ sets, one verdict per candidate (the rule sessions 11-17 applied by hand).
 Tuning sets (never the photos the project reports, BSDS 100-199):
 - ``bsds``: photos-dev 0-99 (BSDS500 train, 3:2);
 - ``tiny``: the campaign recipe's held-out Tiny ImageNet images, every 5th (391; ``benchmarks.holdout``);
-- ``davis``: the davis films' first frame and one a second (23, 16:9; ``benchmarks.film_frames``).
-The last two are written under ``--sets`` on first use, from the data folder.
+- ``davis``: the davis films' first frame and one a second (23, 16:9; ``benchmarks.film_frames``);
+- ``bsds-worn``: photos-dev 0-99 again, each coloured from its gray made a worn print's
+  (``benchmarks.quality.old_print``: tone, blur, grain, JPEG) and scored against the clean photo: what
+  people colour are old prints and scans, not clean lightness channels.
+Tiny and davis are written under ``--sets`` on first use, from the data folder.
 
 A candidate, at one of its decodings (classification: ``T,C`` pairs; other families: as saved), passes
 when on every set it loses none of the figures below against the shipped engine at the shipped
@@ -22,11 +25,10 @@ import argparse
 import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from benchmarks import ROOT, film_frames, holdout
-from benchmarks.quality import evaluate, load_photos, originals_colourfulness
+from benchmarks.quality import evaluate, load_photos, old_print, originals_colourfulness
 from engines.evaluation.scoring import training_prior
 from engines.metrics import rebalance_weights
 from engines.models import checkpoint
@@ -63,12 +65,19 @@ def losses(candidate: dict[str, float], shipped: dict[str, float]) -> list[str]:
     return lost
 
 
-def tuning_sets(data: Path, sets: Path) -> dict[str, tuple[Path, int, int]]:
-    """Each set's folder, first photo and count; the derived sets are written once under ``sets``."""
+def tuning_sets(data: Path, sets: Path) -> dict[str, tuple[Path, int, int, bool]]:
+    """Each set's folder, first photo, count and whether its inputs are worn prints; the derived sets are
+    written once under ``sets``."""
     tiny, frames = sets / "tiny-val", sets / "film-frames"
     _write_once(tiny, lambda out: holdout.export(CAMPAIGN_RECIPE, out, source_contains="tiny-imagenet", every=5))
     _write_once(frames, lambda out: film_frames.export(film_frames.films_in(data / "video-dev"), out))
-    return {"bsds": (data / "photos-dev", 0, 100), "tiny": (tiny, 0, 400), "davis": (frames, 0, 23)}
+    bsds = data / "photos-dev"
+    return {
+        "bsds": (bsds, 0, 100, False),
+        "tiny": (tiny, 0, 400, False),
+        "davis": (frames, 0, 23, False),
+        "bsds-worn": (bsds, 0, 100, True),
+    }
 
 
 def _write_once(folder: Path, export) -> None:
@@ -81,8 +90,10 @@ def _write_once(folder: Path, export) -> None:
     scratch.rename(folder)
 
 
-def score(colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, true_colourful: float) -> dict:
-    r, _ = evaluate(colorize, photos, weights)
+def score(colorize, one_set: tuple, weights: torch.Tensor) -> dict:
+    """A set's figures: ``one_set`` is (photos, their colourfulness, the inputs coloured or None: the photos)."""
+    photos, true_colourful, inputs = one_set
+    r, _ = evaluate(colorize, photos, weights, inputs)
     r["colour_ratio"] = r["colourfulness"] / true_colourful
     r["colour_off_band"] = off_band(r["colour_ratio"])
     return r
@@ -128,12 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     weights = rebalance_weights(training_prior(), lam=0.0)
     backend = select_backend("cpu")
     sets = {}
-    for name, (folder, start, limit) in tuning_sets(args.data, args.sets).items():
+    for name, (folder, start, limit, worn) in tuning_sets(args.data, args.sets).items():
         photos = load_photos(folder, start, limit)
-        sets[name] = (photos, originals_colourfulness(photos))
+        inputs = {n: old_print(rgb, n) for n, rgb in photos.items()} if worn else None
+        sets[name] = (photos, originals_colourfulness(photos), inputs)
 
     shipped_c = load_colorizer(args.engine, backend)
-    shipped = {name: score(shipped_c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
+    shipped = {name: score(shipped_c.colorize, one, weights) for name, one in sets.items()}
     lines = [
         "| engine | "
         + " | ".join(f"{s}: plain / rebal. / colour ratio / green a* / false %" for s in sets)
@@ -146,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         family = checkpoint.load(path).family
         for options in decodings if family == "classification" and decodings else [{}]:
             c = load_colorizer("custom", backend, weights=path, **options)
-            per_set = {name: score(c.colorize, ph, weights, true) for name, (ph, true) in sets.items()}
+            per_set = {name: score(c.colorize, one, weights) for name, one in sets.items()}
             lost = [f"{name} {key}" for name in sets for key in losses(per_set[name], shipped[name])]
             label = f"{path}" + "".join(f", {k[0].upper()} {v:g}" for k, v in options.items())
             lines.append(_row(label, per_set, "passes" if not lost else "loses " + ", ".join(lost)))

@@ -73,9 +73,12 @@ def test_a_copy_of_the_shipped_engine_passes_and_the_sets_are_reused(tmp_path, c
         "bsds": data / "photos-dev",
         "tiny": sets / "tiny-val",
         "davis": sets / "film-frames",
+        "bsds-worn": data / "photos-dev",  # the same photos, coloured from worn prints' grays
     }
+    assert [k for k, v in found.items() if v[3]] == ["bsds-worn"]
 
     shipped = str(get_spec("regression").weights_path())
     assert main(["regression", shipped, "--data", str(data), "--sets", str(sets)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(f"| {shipped}")]
     assert rows and rows[-1].endswith("| passes |")
+    assert rows[-1].count("|") == 3 + len(found)  # the label, a cell for every set, the verdict

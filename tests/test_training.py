@@ -303,6 +303,19 @@ def test_resume_continues_exactly(tmp_path):
     _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
 
 
+def test_degraded_inputs_change_the_training_and_resume_exactly(tmp_path):
+    folder = _make_folder(tmp_path / "imgs", n_colour=30, n_gray=0)
+    cfg = _tiny_config(folder, tmp_path, degrade_input=1.0)
+    train(cfg, tmp_path / "straight")
+    train(cfg, tmp_path / "resumed", stop_at_step=5)
+    train(cfg, tmp_path / "resumed")
+    _assert_same_final_state(tmp_path / "straight", tmp_path / "resumed", steps=8)
+    train(replace(cfg, degrade_input=0.0), tmp_path / "clean")
+    a = torch.load(tmp_path / "straight" / "state.pt", weights_only=True)["task"]["model"]
+    b = torch.load(tmp_path / "clean" / "state.pt", weights_only=True)["task"]["model"]
+    assert any(not torch.equal(a[k], b[k]) for k in a)
+
+
 def test_multi_scale_batches_take_each_listed_size_and_resume_exactly(tmp_path):
     from training.data import BatchSampler
 

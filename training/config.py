@@ -27,6 +27,9 @@ class TrainConfig:
     # does; smaller crops of the same images train that scale (docs/experiments.md, session 15).
     crop_sizes: tuple[int, ...] = ()
     min_crop_scale: float = 0.45  # area scale jitter of crops
+    # The share of training images whose gray input is degraded (a tone curve, blur, grain; the target
+    # colour stays the clean image's): old prints, scans and film (training.degrade). 0: off.
+    degrade_input: float = 0.0
     # "lab" (default) or "yuv": the space the engine predicts chroma in (see engines.color.COLOR_SPACES).
     color_space: str = "lab"
     # Model
@@ -163,6 +166,10 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"class_loss_weight must be 0 (off) or more, not {cfg.class_loss_weight!r}")
     if cfg.class_loss_weight and cfg.family not in ("regression", "classification"):
         raise ValueError("class_loss_weight is for the regression and classification families")
+    if not 0 <= cfg.degrade_input <= 1:
+        raise ValueError(f"degrade_input must be a share from 0 to 1, not {cfg.degrade_input!r}")
+    if cfg.degrade_input and cfg.family == "classifier":
+        raise ValueError("degrade_input is for the colour families")
     if cfg.loss not in ("l1", "l2", "huber"):
         raise ValueError(f"loss must be l1, l2 or huber, not {cfg.loss!r}")
     return cfg

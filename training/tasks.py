@@ -32,7 +32,7 @@ from engines.metrics import AbErrorCurve, ab_bin_index, ab_histogram, colourfuln
 from engines.models import checkpoint, classification, gan, resnet
 from engines.models.unet import UNet, UNetConfig
 from engines.runtime import backends as runtime
-from training import distributed, figures
+from training import degrade, distributed, figures
 from training.config import TrainConfig
 from training.data import DataError, labelled_sets, training_sets, training_sets_with_classes
 
@@ -205,6 +205,15 @@ class _Resumable:
         """The weights that are validated, exported and shipped: the average when there is one."""
         return self.ema.model if self.ema is not None else self.model
 
+    def degraded_input(self, l_in: torch.Tensor) -> torch.Tensor:
+        """The network's lightness input ``[-1, 1]`` degraded as the recipe's ``degrade_input`` asks
+        (``training.degrade``), drawn by the run's seed and the schedule's step (restored on resume)."""
+        if not self.cfg.degrade_input:
+            return l_in
+        gen = degrade.step_generator(self.cfg.seed, self.sched.last_epoch)
+        x = degrade.degrade_lightness((l_in.float().cpu() + 1) / 2, self.cfg.degrade_input, gen)
+        return (x * 2 - 1).to(l_in.device, l_in.dtype)
+
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
         if self.ema is not None:
@@ -357,6 +366,7 @@ class _SingleNetworkTask(_Resumable):
         rgb, idx = batch if self.semantic is not None else (batch, None)
         self.net.train()
         l_in, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
+        l_in = self.degraded_input(l_in)
         with self.autocast():
             loss = self.loss(self._layout(l_in), chroma)
         scalars = {}
@@ -608,6 +618,7 @@ class GanTask(_SingleNetworkTask):
         self.net.train()
         self.critic_net.train()
         l_norm, chroma = color.split_chroma(rgb.to(self.device, non_blocking=True), self.cfg.color_space)
+        l_norm = self.degraded_input(l_norm)  # the critic judges colour on the gray the generator saw
         ab_norm = color.normalize_ab(chroma)
         with self.autocast():
             fake_ab = self.net(self._layout(self._generator_input(l_norm))).float()
