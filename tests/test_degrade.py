@@ -28,13 +28,13 @@ def test_blur_is_a_normalised_gaussian_of_each_images_own_width():
     impulse = torch.zeros(2, 1, 21, 21)
     impulse[:, :, 10, 10] = 1
     sigma = torch.tensor([1.0, 1.5])  # wide enough that the sampled kernel's variance is sigma ** 2
-    y = _gaussian_blur(impulse, sigma)
+    y = _gaussian_blur(impulse, sigma, radius=6)
     t = torch.arange(21.0) - 10
     for i in range(2):
         assert y[i].sum().item() == pytest.approx(1.0, abs=1e-5)
         row = y[i, 0].sum(0)  # the horizontal profile
         assert (row * t**2).sum().item() == pytest.approx(sigma[i].item() ** 2, rel=0.05)
-    flat = _gaussian_blur(torch.full((1, 1, 12, 12), 0.3), torch.tensor([1.0]))
+    flat = _gaussian_blur(torch.full((1, 1, 12, 12), 0.3), torch.tensor([1.0]), radius=3)
     torch.testing.assert_close(flat, torch.full_like(flat, 0.3))
 
 
@@ -55,3 +55,10 @@ def test_old_print_is_a_repeatable_darker_flatter_gray():
     assert np.array_equal(a[..., 0], a[..., 1]) and np.array_equal(a[..., 0], a[..., 2])
     clean = gray_of(rgb)
     assert a.mean() < clean.mean() - 0.02 and a.std() < clean.std()
+
+
+def test_shares_of_a_batch_are_degraded_as_the_whole_batch_would_be():
+    x = torch.rand(8, 1, 16, 16)
+    whole = degrade_lightness(x, 1.0, step_generator(0, 5))
+    halves = [degrade_lightness(x[i * 4 : i * 4 + 4], 1.0, step_generator(0, 5), first=i * 4, total=8) for i in (0, 1)]
+    torch.testing.assert_close(torch.cat(halves), whole)

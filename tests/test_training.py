@@ -417,7 +417,14 @@ def test_sigterm_to_the_command_saves_and_exits_130_with_one_line(tmp_path):
     assert f"interrupted at step {step};" in err and "run the same command to resume" in err
 
 
-def test_two_processes_train_the_same_model_as_one(tmp_path):
+@pytest.mark.parametrize(
+    "steps,extra",
+    # Worn grays: each process degrades its share of the batch as one process would. 2 steps: Adam turns
+    # float differences of near-zero gradients into larger weight differences as steps go on, more with
+    # these inputs (6 steps: 4e-4), while drawing the wrong share differs by 6e-3 after 2.
+    [(6, ()), (2, ("degrade_input = 1.0",))],
+)
+def test_two_processes_train_the_same_model_as_one(tmp_path, steps, extra):
     """torchrun with 2 CPU processes (gloo, DDP) against one process, step for step.
 
     GroupNorm: with BatchNorm each CPU process would normalise over its own half of the batch (the
@@ -431,11 +438,12 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     recipe = _tiny_recipe(
         tmp_path,
         'norm = "group"',
-        "max_steps = 6",
+        f"max_steps = {steps}",
         "warmup_steps = 2",
-        "val_every = 3",
+        f"val_every = {steps // 2}",
         "rebalance_lambda = 0.5",
         'precision = "float32"',
+        *extra,
     )
     env = {"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"}
     one = [sys.executable, "-m", "training", str(recipe), "--out", str(tmp_path / "one")]
@@ -454,7 +462,7 @@ def test_two_processes_train_the_same_model_as_one(tmp_path):
     assert p.returncode == 0, p.stderr[:3000] + "\n...\n" + p.stderr[-1000:]
     a = torch.load(tmp_path / "one" / "state.pt", weights_only=True)
     b = torch.load(tmp_path / "two" / "state.pt", weights_only=True)
-    assert a["step"] == b["step"] == 6
+    assert a["step"] == b["step"] == steps
     # DDP sums gradients in another order; Adam's normalisation turns those float differences into
     # weight differences of ~1e-5 after 6 steps (seen: at most 4e-5), against steps of lr = 2e-3.
     for k, v in a["task"]["model"].items():

@@ -26,13 +26,20 @@ def step_generator(seed: int, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + step)
 
 
-def degrade_lightness(x: torch.Tensor, probability: float, gen: torch.Generator) -> torch.Tensor:
+def degrade_lightness(
+    x: torch.Tensor, probability: float, gen: torch.Generator, first: int = 0, total: int | None = None
+) -> torch.Tensor:
     """``x (N, 1, H, W)`` in [0, 1] -> a copy where each image, with ``probability``, has each of a tone
-    curve, a blur and grain with probability 1/2 (random strengths). Draws a fixed number of numbers from
-    ``gen`` whatever is chosen, so the sequence does not depend on the data."""
+    curve, a blur and grain with probability 1/2 (random strengths).
+
+    The numbers are drawn for a whole batch of ``total`` images (default N) and ``x`` takes those of its
+    images ``first`` to ``first + N``: a process holding one share of a batch (``torchrun``) degrades its
+    images as one process holding all of them would. A fixed count is drawn whatever is chosen, so the
+    sequence does not depend on the data."""
     n = x.shape[0]
-    u = torch.rand(n, 8, generator=gen)
-    noise = torch.randn(x.shape, generator=gen)
+    total = n if total is None else total
+    u = torch.rand(total, 8, generator=gen)[first : first + n].to(x.device)
+    noise = torch.randn((total, *x.shape[1:]), generator=gen)[first : first + n].to(x.device, x.dtype)
     chosen = u[:, 0] < probability
     tone, blur, grain = chosen & (u[:, 1] < 0.5), chosen & (u[:, 2] < 0.5), chosen & (u[:, 3] < 0.5)
     x = x.clone()
@@ -45,16 +52,17 @@ def degrade_lightness(x: torch.Tensor, probability: float, gen: torch.Generator)
         x[tone] = mean + (y - mean) * contrast
     if blur.any():
         lo, hi = BLUR_SIGMA_RANGE
-        x[blur] = _gaussian_blur(x[blur], (lo + (hi - lo) * u[:, 6])[blur])
+        # One radius for every image and batch, so an image's blur does not depend on which others were drawn.
+        x[blur] = _gaussian_blur(x[blur], (lo + (hi - lo) * u[:, 6])[blur], math.ceil(3 * hi))
     if grain.any():
         x[grain] = x[grain] + noise[grain] * (u[:, 7] * GRAIN_SIGMA_MAX)[grain].view(-1, 1, 1, 1)
     return x.clamp(0, 1)
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """Each image ``(M, 1, H, W)`` blurred with its own ``sigma (M,)``: separable, one grouped convolution a pass."""
-    radius = math.ceil(3 * float(sigma.max()))
-    t = torch.arange(-radius, radius + 1, dtype=x.dtype)
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, radius: int) -> torch.Tensor:
+    """Each image ``(M, 1, H, W)`` blurred with its own ``sigma (M,)``, truncated at ``radius``: separable,
+    one grouped convolution a pass."""
+    t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
     k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
     k = k / k.sum(1, keepdim=True)
     m, _, h, w = x.shape

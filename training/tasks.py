@@ -211,8 +211,10 @@ class _Resumable:
         if not self.cfg.degrade_input:
             return l_in
         gen = degrade.step_generator(self.cfg.seed, self.sched.last_epoch)
-        x = degrade.degrade_lightness((l_in.float().cpu() + 1) / 2, self.cfg.degrade_input, gen)
-        return (x * 2 - 1).to(l_in.device, l_in.dtype)
+        info = getattr(self, "info", None)  # set by place(); several processes each hold a share of the batch
+        share = (info.rank * len(l_in), len(l_in) * info.world) if info is not None else (0, len(l_in))
+        x = degrade.degrade_lightness((l_in.float() + 1) / 2, self.cfg.degrade_input, gen, *share)
+        return (x * 2 - 1).to(l_in.dtype)
 
     def state_dict(self) -> dict:
         state = {"model": self.model.state_dict(), "opt": self.opt.state_dict(), "sched": self.sched.state_dict()}
