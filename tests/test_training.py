@@ -30,6 +30,19 @@ def test_shipped_recipes_are_valid(recipe):
     assert cfg.sources and len(cfg.sources) == len(cfg.source_sizes)
 
 
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_recipes_warm_start_from_engines_of_their_own_widths(recipe):
+    """A warm start copies only same-shaped layers, so a recipe whose widths differ from its init_from
+    engine's would silently train most of the network from nothing."""
+    cfg = load_recipe(recipe)
+    source = Path(__file__).resolve().parents[1] / cfg.init_from
+    if not cfg.init_from or not source.is_file():
+        return
+    engine = checkpoint.load(source)
+    if cfg.encoder == "plain" and engine.arch.encoder == "plain":
+        assert tuple(engine.arch.widths) == tuple(cfg.widths), (recipe.name, engine.arch.widths)
+
+
 def test_unknown_recipe_keys_are_rejected(tmp_path):
     with pytest.raises(ValueError, match="unknown recipe keys: lerning_rate"):
         from_dict({"lerning_rate": 1.0})
