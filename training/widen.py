@@ -42,8 +42,9 @@ def widen(engine: checkpoint.EngineCheckpoint, widths: tuple[int, ...], seed: in
             f"widths must be {len(old.widths)} numbers, each at least {list(old.widths)}, got {list(widths)}"
         )
     new = replace(old, widths=tuple(widths))
-    torch.manual_seed(seed)
-    fresh = UNet(new).state_dict()
+    with torch.random.fork_rng():  # the new channels' initialisation, without touching the caller's generator
+        torch.manual_seed(seed)
+        fresh = UNet(new).state_dict()
     out = {}
     for name, value in engine.state_dict.items():
         target = fresh[name].clone()
