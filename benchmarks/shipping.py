@@ -139,8 +139,11 @@ def main(argv: list[str] | None = None) -> int:
     weights = rebalance_weights(training_prior(), lam=0.0)
     backend = select_backend("cpu")
     sets = {}
+    loaded: dict[tuple, dict] = {}  # the worn set is the BSDS set's photos again: read them once
     for name, (folder, start, limit, worn) in tuning_sets(args.data, args.sets).items():
-        photos = load_photos(folder, start, limit)
+        if (folder, start, limit) not in loaded:
+            loaded[folder, start, limit] = load_photos(folder, start, limit)
+        photos = loaded[folder, start, limit]
         inputs = {n: old_print(rgb, n) for n, rgb in photos.items()} if worn else None
         sets[name] = (photos, originals_colourfulness(photos), inputs)
 
