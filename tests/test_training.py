@@ -937,3 +937,20 @@ def test_compiled_classification_loss_matches_the_eager_one():
     assert eager.shape == (2, 6, 8) and eager.dtype == torch.float32
     torch.testing.assert_close(fused, eager, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(fused_grad, eager_grad, rtol=1e-2, atol=1e-3)  # the gradient is bf16
+
+
+def test_the_pack_budget_is_what_the_tracked_files_leave_of_the_device_allowance(tmp_path):
+    import subprocess
+
+    from training.pack import room_left
+
+    with pytest.raises(ValueError, match="not a git checkout"):
+        room_left(tmp_path)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "weights.pt").write_bytes(b"x" * 2**20)
+    (tmp_path / "untracked.bin").write_bytes(b"x" * 2**20)  # not added: carried only if asked, not counted
+    assert room_left(tmp_path, total_mib=64, margin_mib=2) == pytest.approx(62)
+    subprocess.run(["git", "add", "weights.pt"], cwd=tmp_path, check=True)
+    assert room_left(tmp_path, total_mib=64, margin_mib=2) == pytest.approx(61)
+    with pytest.raises(ValueError, match="no room"):
+        room_left(tmp_path, total_mib=2.5, margin_mib=2)

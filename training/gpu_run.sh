@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The one-command GPU training run, for a session lent the device machine (one call, at most 10 minutes).
-# Here, first:   python -m training.pack training/recipes/campaign-classification.toml --out .gpu-pack/train.tar.gz --max-mb 14
+# Here, first:   python -m training.pack training/recipes/campaign-classification.toml --out .gpu-pack/train.tar.gz
 # Then, through the device tool, carrying .gpu-pack:   bash training/gpu_run.sh
 # Extra arguments go to `python -m training` (e.g. --set max_minutes=0.1 to try it on a CPU).
 # Writes under $OUT: train.log, log.jsonl, curves.png, engine.pt (best validated), latest.pt (latest
