@@ -28,6 +28,7 @@ import argparse
 import platform
 import zlib
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -57,16 +58,34 @@ def to_chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)
 
 
+def photos_colourfulness(photos: dict[str, np.ndarray]) -> dict[str, float]:
+    """Each photo's own colourfulness."""
+    return {name: float(colourfulness(to_chw(x))) for name, x in photos.items()}
+
+
 def originals_colourfulness(photos: dict[str, np.ndarray]) -> float:
     """The photos' own mean colourfulness, what an engine's is measured against."""
-    return float(np.mean([float(colourfulness(to_chw(x))) for x in photos.values()]))
+    return float(np.mean(list(photos_colourfulness(photos).values())))
+
+
+class PhotoParts(NamedTuple):
+    """One coloured photo's share of ``evaluate``'s pooled figures: the curves and fidelity counts of a set
+    are its photos' merged, its colourfulness the mean of theirs."""
+
+    curve: AbErrorCurve
+    fidelity: ColourFidelity
+    colourfulness: float
 
 
 def evaluate(
-    colorize, photos: dict[str, np.ndarray], weights: torch.Tensor, inputs: dict[str, np.ndarray] | None = None
+    colorize,
+    photos: dict[str, np.ndarray],
+    weights: torch.Tensor,
+    inputs: dict[str, np.ndarray] | None = None,
+    parts: dict[str, PhotoParts] | None = None,
 ) -> tuple[dict, dict[str, np.ndarray]]:
     """Each photo coloured (from ``inputs[name]`` when given, e.g. a degraded gray; else from itself) and
-    scored against the photo."""
+    scored against the photo. ``parts``, when given, is filled with each photo's ``PhotoParts``."""
     curve, fidelity = AbErrorCurve(weights), ColourFidelity()
     probe = RealismProbe(realism_networks(DEFAULT_CLASSIFIER, None))
     colourful, dl, psnrs, de, outputs = [], [], [], [], {}
@@ -75,9 +94,14 @@ def evaluate(
         out = np.round(out * 255) / 255  # what an 8-bit file would hold
         lab_true = color.rgb_to_lab(to_chw(rgb).double())
         lab_pred = color.rgb_to_lab(to_chw(out).double())
-        curve.update(lab_pred[1:], lab_true[1:])
-        fidelity.update(lab_pred[1:], lab_true[1:])
-        colourful.append(float(colourfulness(to_chw(out))))
+        part = PhotoParts(AbErrorCurve(weights), ColourFidelity(), float(colourfulness(to_chw(out))))
+        part.curve.update(lab_pred[1:], lab_true[1:])
+        part.fidelity.update(lab_pred[1:], lab_true[1:])
+        curve.merge(part.curve)
+        fidelity.merge(part.fidelity)
+        colourful.append(part.colourfulness)
+        if parts is not None:
+            parts[name] = part
         dl.append(float((lab_pred[0] - lab_true[0]).abs().mean()))
         psnrs.append(float(psnr(to_chw(out), to_chw(rgb))))
         de.append(float(ciede2000(lab_pred, lab_true).mean()))

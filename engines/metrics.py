@@ -85,6 +85,10 @@ class AbErrorCurve:
             w = self.weights.double()[ab_bin_index(ab_true).flatten()]
             self.rebalanced += torch.bincount(bucket, weights=w, minlength=AUC_MAX_THRESHOLD + 2)
 
+    def merge(self, other: AbErrorCurve) -> None:
+        self.plain += other.plain
+        self.rebalanced += other.rebalanced
+
     @staticmethod
     def _auc(hist: torch.Tensor) -> float:
         total = hist.sum()

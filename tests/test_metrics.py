@@ -200,6 +200,20 @@ def test_random_prediction_matches_brute_force(dtype):
     assert curve.auc() == pytest.approx(expected, abs=1e-9)
 
 
+def test_merged_curves_give_the_curve_of_all_pixels():
+    a = _random_ab((2, 6, 5), seed=30, lo=-110, hi=110)
+    p = a + _random_ab((2, 6, 5), seed=31, lo=-80, hi=80)
+    weights = M.rebalance_weights(torch.rand(NBINS, generator=torch.Generator().manual_seed(0)) + 0.1, lam=0.0)
+    whole, first, second = M.AbErrorCurve(weights), M.AbErrorCurve(weights), M.AbErrorCurve(weights)
+    whole.update(torch.from_numpy(p), torch.from_numpy(a))
+    first.update(torch.from_numpy(p[..., :2]), torch.from_numpy(a[..., :2]))
+    second.update(torch.from_numpy(p[..., 2:]), torch.from_numpy(a[..., 2:]))
+    first.merge(second)
+    assert first.auc() == pytest.approx(whole.auc(), abs=1e-12)
+    assert first.auc_rebalanced() == pytest.approx(whole.auc_rebalanced(), abs=1e-12)
+    assert 0 < whole.auc_rebalanced() != whole.auc()  # the weights count
+
+
 def test_empty_curve_is_nan():
     curve = M.AbErrorCurve()
     assert math.isnan(curve.auc())
