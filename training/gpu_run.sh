@@ -4,7 +4,7 @@
 # Then, through the device tool, carrying .gpu-pack:   bash training/gpu_run.sh
 # Extra arguments go to `python -m training` (e.g. --set max_minutes=0.1 to try it on a CPU).
 # Writes under $OUT: train.log, log.jsonl, curves.png, engine.pt (best validated), latest.pt (latest
-# weights, fp16: commit it as engines/weights/campaign-classification.pt to continue from it).
+# weights, fp16: commit it as engines/weights/campaign-classification.pt and point the campaign recipes' init_from there to continue from it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?set OUT to the folder that receives the results}"

@@ -1,6 +1,6 @@
 """A trained engine made wider without changing what it computes (Net2Net's "wider", Chen et al. 2016):
 
-    python -m training.widen engines/weights/campaign-classification.pt --widths 32,64,192,384 --out wide.pt
+    python -m training.widen engines/weights/classification.pt --widths 32,64,256,512 --out wide.pt
 
 then train on with ``init_from = "wide.pt"`` and the same ``widths`` in the recipe. Each layer's old
 outputs take their old weights from the old inputs and zeros from the new channels; the new outputs
