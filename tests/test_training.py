@@ -59,6 +59,8 @@ def test_unknown_recipe_keys_are_rejected(tmp_path):
         ("widths", [32, 64.5], "widths must be a list of integers"),
         ("sources", "a.tar", "sources must be a list of strings"),
         ("init_from", 3, "init_from must be a string"),
+        ("rebalance_lambda", 1.5, "rebalance_lambda must be 0"),
+        ("rebalance_lambda", -0.1, "rebalance_lambda must be 0"),
     ],
 )
 def test_recipe_values_of_the_wrong_type_are_rejected(key, value, message):

@@ -47,7 +47,9 @@ class TrainConfig:
     # Regression loss: "l1", "l2" or "huber" on normalised ab; ``huber_delta`` in normalised units.
     loss: str = "huber"
     huber_delta: float = 0.1
-    # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it, else the prior/uniform mix.
+    # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it; otherwise each ab bin weighs
+    # 1 / ((1 - lambda) p + lambda / Q), so the SMALLER a lambda above 0, the stronger the rebalancing
+    # (0.5: Zhang et al.'s; 1: uniform, i.e. none). Session 20 ran 0.25 expecting it milder than 0.5.
     rebalance_lambda: float = 0.0
     # The semantic loss (Iizuka et al. 2016; regression and classification): the weight of an auxiliary
     # cross-entropy on each image's class (its folder) predicted from the U-Net's global features; 0: off.
@@ -166,6 +168,9 @@ def from_dict(d: dict[str, Any]) -> TrainConfig:
         raise ValueError(f"class_loss_weight must be 0 (off) or more, not {cfg.class_loss_weight!r}")
     if cfg.class_loss_weight and cfg.family not in ("regression", "classification"):
         raise ValueError("class_loss_weight is for the regression and classification families")
+    if not 0 <= cfg.rebalance_lambda <= 1:
+        # Above 1 the mix turns negative on common bins: a loss that rewards error there.
+        raise ValueError(f"rebalance_lambda must be 0 (off) or in (0, 1], not {cfg.rebalance_lambda!r}")
     if not 0 <= cfg.degrade_input <= 1:
         raise ValueError(f"degrade_input must be a share from 0 to 1, not {cfg.degrade_input!r}")
     if cfg.degrade_input and cfg.family == "classifier":
