@@ -49,7 +49,7 @@ class TrainConfig:
     huber_delta: float = 0.1
     # Class rebalancing of the per-pixel loss (Zhang et al.): 0 disables it; otherwise each ab bin weighs
     # 1 / ((1 - lambda) p + lambda / Q), so the SMALLER a lambda above 0, the stronger the rebalancing
-    # (0.5: Zhang et al.'s; 1: uniform, i.e. none). Session 20 ran 0.25 expecting it milder than 0.5.
+    # (0.5: Zhang et al.'s; 1: uniform, i.e. none).
     rebalance_lambda: float = 0.0
     # The semantic loss (Iizuka et al. 2016; regression and classification): the weight of an auxiliary
     # cross-entropy on each image's class (its folder) predicted from the U-Net's global features; 0: off.
